@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Builds hull's guest kernel from Debian's linux-source-6.1 with the fragments in kernel/,
+# merged onto allnoconfig. The result (vmlinux = PVH ELF, bzImage, .config) goes into
+#   $HULL_CACHE_DIR/kernel-<hash>/     (default HULL_CACHE_DIR=/var/cache/hull)
+# where <hash> covers every input: the fragments, this script, the source tarball and the
+# compiler. Unchanged inputs mean no rebuild. Prints the artifact directory on stdout.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${HULL_CACHE_DIR:-/var/cache/hull}
+tarball=${HULL_LINUX_TARBALL:-/usr/src/linux-source-6.1.tar.xz}
+jobs=${HULL_JOBS:-$(nproc)}
+
+log() { echo "build-kernel: $*" >&2; }
+
+[ -f "$tarball" ] || { log "no kernel source at $tarball (apt-get install linux-source-6.1)"; exit 1; }
+mkdir -p "$cache"
+
+# The tarball is hashed by content once and remembered by (path, size, mtime): hashing
+# 130 MiB on every make invocation would cost a second each time.
+stamp=$(stat -c '%n %s %Y' "$tarball")
+srcsum_file="$cache/.tarball-sums"
+srcsum=$(grep -F "$stamp " "$srcsum_file" 2>/dev/null | tail -n1 | awk '{print $NF}' || true)
+if [ -z "$srcsum" ]; then
+    srcsum=$(sha256sum "$tarball" | cut -c1-16)
+    echo "$stamp $srcsum" >>"$srcsum_file"
+fi
+
+# cfghash names the build tree (what the compiler sees); hash names the artifacts (adds
+# this script), so editing the script reuses the compiled tree incrementally.
+cfghash=$( {
+    echo "src $srcsum"
+    gcc --version | head -n1
+    for f in "$here"/kernel/*.config; do sha256sum "$f"; done
+} | sed "s#$here/##" | sha256sum | cut -c1-16)
+hash=$( { echo "$cfghash"; sha256sum <"$here/build-kernel.sh"; } | sha256sum | cut -c1-16)
+out="$cache/kernel-$hash"
+
+if [ -f "$out/.done" ]; then
+    log "cached: $out"
+    echo "$out"
+    exit 0
+fi
+
+exec 9>"$cache/.kernel.lock"
+flock 9
+if [ -f "$out/.done" ]; then echo "$out"; exit 0; fi
+
+src="$cache/src/linux-$srcsum"
+if [ ! -f "$src/.extracted" ]; then
+    log "extracting $tarball"
+    rm -rf "$src" && mkdir -p "$src"
+    tar -xf "$tarball" -C "$src" --strip-components=1
+    touch "$src/.extracted"
+fi
+
+build="$cache/kbuild-$cfghash"
+mkdir -p "$build"
+cat "$here"/kernel/*.config >"$build/hull.config"
+log "configuring (allnoconfig + fragments)"
+make -s -C "$src" O="$build" KCONFIG_ALLCONFIG="$build/hull.config" allnoconfig >&2
+
+# Every option a fragment asks for must survive Kconfig's dependency resolution: a
+# silently dropped option would otherwise surface much later as a missing guest feature.
+missing=0
+while IFS= read -r line; do
+    case "$line" in ''|'#'*) continue ;; esac
+    key=${line%%=*}; val=${line#*=}
+    if [ "$val" = n ]; then
+        if grep -q "^$key=" "$build/.config"; then log "wanted $key=n, got $(grep "^$key=" "$build/.config")"; missing=1; fi
+    elif ! grep -qxF "$key=$val" "$build/.config"; then
+        log "wanted $key=$val, got: $(grep -E "^(# )?$key[= ]" "$build/.config" || echo 'not present')"
+        missing=1
+    fi
+done <"$build/hull.config"
+[ "$missing" = 0 ] || { log "kernel config does not match the fragments"; exit 1; }
+
+log "building vmlinux and bzImage with -j$jobs (a cold build takes minutes)"
+start=$(date +%s)
+make -s -C "$src" O="$build" -j"$jobs" vmlinux bzImage usr/gen_init_cpio >"$build/build.log" 2>&1 ||
+    { tail -n 40 "$build/build.log" >&2; log "kernel build failed; full log in $build/build.log"; exit 1; }
+log "built in $(( $(date +%s) - start )) s"
+
+tmp="$out.tmp"
+rm -rf "$tmp" && mkdir -p "$tmp"
+cp "$build/vmlinux" "$tmp/vmlinux"
+cp "$build/arch/x86/boot/bzImage" "$tmp/bzImage"
+cp "$build/.config" "$tmp/config"
+# The kernel's own cpio writer: builds the initramfs (with its /dev/console node) without root.
+cp "$build/usr/gen_init_cpio" "$tmp/gen_init_cpio"
+make -s -C "$src" O="$build" kernelrelease >"$tmp/release"
+touch "$tmp/.done"
+rm -rf "$out" && mv "$tmp" "$out"
+echo "$out"
