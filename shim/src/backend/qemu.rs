@@ -1,0 +1,375 @@
+//! The QEMU backend: Debian's `qemu-system-x86_64 -M microvm` with vsock from
+//! `vhost-device-vsock` (rust-vmm, crates.io) over vhost-user.
+//!
+//! Guest memory is a shared memfd (vhost-user devices need to map it). The accelerator is
+//! KVM where KVM runs guests natively and TCG elsewhere (see [`crate::kvm_probe`]). One
+//! `vhost-device-vsock` runs per VM; it exposes the hybrid-vsock unix socket and does not
+//! exit when QEMU does, so [`QemuVm::terminate`] stops it.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::process::{Child, Command};
+
+use super::{BackendError, Hypervisor, LaunchSpec, VmProcesses};
+use crate::util::tail_of_file;
+
+/// How the guest's CPU is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualisation through /dev/kvm.
+    Kvm,
+    /// QEMU's software emulator.
+    Tcg,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            other => Err(format!(
+                "unknown accelerator {other:?} (expected kvm or tcg)"
+            )),
+        }
+    }
+}
+
+/// Default QEMU binary.
+pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
+/// Default vhost-user vsock daemon.
+pub const DEFAULT_VSOCK_DAEMON: &str = "vhost-device-vsock";
+/// The guest's vsock CID. Each VM has its own vsock device, so every guest can use the
+/// same CID.
+pub const GUEST_CID: u32 = 3;
+/// How long the vsock daemon may take to create its vhost-user socket.
+const HELPER_START_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The QEMU backend's settings.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    /// `qemu-system-x86_64` (a name is looked up in PATH).
+    pub binary: PathBuf,
+    /// `vhost-device-vsock` (a name is looked up in PATH).
+    pub vsock_daemon: PathBuf,
+    /// The accelerator.
+    pub accel: Accel,
+}
+
+impl Qemu {
+    /// QEMU from PATH with the given accelerator.
+    pub fn new(accel: Accel) -> Self {
+        Qemu {
+            binary: DEFAULT_QEMU.into(),
+            vsock_daemon: DEFAULT_VSOCK_DAEMON.into(),
+            accel,
+        }
+    }
+}
+
+/// The vhost-user control socket between QEMU and vhost-device-vsock.
+fn vhost_vsock_socket(spec: &LaunchSpec) -> PathBuf {
+    spec.state_dir.join("vhost-vsock.sock")
+}
+
+/// QEMU's command line for `spec` (without the binary).
+pub fn qemu_args(spec: &LaunchSpec, accel: Accel) -> Vec<String> {
+    let mem = format!("{}M", spec.memory_mib);
+    let cpu = match accel {
+        Accel::Kvm => "host",
+        // ERMS makes `rep movsb` slow under TCG; the guest falls back to other copies.
+        Accel::Tcg => "max,-erms",
+    };
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    push(&["-name", &spec.id]);
+    // microvm: no PCI, no firmware tables. acpi=off makes QEMU put the virtio-mmio devices
+    // on the kernel command line (QEMU 7.2 does so only without ACPI).
+    push(&[
+        "-M",
+        &format!("microvm,accel={accel},acpi=off,memory-backend=mem"),
+    ]);
+    push(&["-cpu", cpu, "-smp", &spec.vcpus.to_string(), "-m", &mem]);
+    push(&[
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    // No process spawning, privilege changes or obsolete syscalls from QEMU itself.
+    push(&[
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={}", spec.console_log.display()),
+    ]);
+    push(&["-serial", "chardev:console"]);
+    push(&["-kernel", &spec.kernel.display().to_string()]);
+    push(&["-initrd", &spec.initrd.display().to_string()]);
+    push(&["-append", &spec.cmdline]);
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=vsock,path={}",
+            vhost_vsock_socket(spec).display()
+        ),
+    ]);
+    push(&["-device", "vhost-user-vsock-device,chardev=vsock"]);
+    a
+}
+
+/// vhost-device-vsock's command line for `spec`.
+pub fn vsock_daemon_args(spec: &LaunchSpec) -> Vec<String> {
+    vec![
+        "--guest-cid".into(),
+        GUEST_CID.to_string(),
+        "--socket".into(),
+        vhost_vsock_socket(spec).display().to_string(),
+        "--uds-path".into(),
+        spec.vsock_uds.display().to_string(),
+    ]
+}
+
+fn spawn_logged(program: &Path, args: &[String], log: &Path) -> Result<Child, BackendError> {
+    let out = std::fs::File::create(log).map_err(|source| BackendError::StateFile {
+        path: log.to_path_buf(),
+        source,
+    })?;
+    let err = out.try_clone().map_err(|source| BackendError::StateFile {
+        path: log.to_path_buf(),
+        source,
+    })?;
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| BackendError::Spawn {
+            program: program.to_path_buf(),
+            source,
+        })
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn VmProcesses>, BackendError> {
+        let daemon_log = spec.state_dir.join("vhost-device-vsock.log");
+        let mut daemon = spawn_logged(&self.vsock_daemon, &vsock_daemon_args(spec), &daemon_log)?;
+
+        // QEMU needs the vhost-user socket to exist before it starts.
+        let sock = vhost_vsock_socket(spec);
+        let start = Instant::now();
+        while !sock.exists() {
+            let failed = match daemon.try_wait() {
+                Ok(Some(status)) => Some(format!("exited with {status}")),
+                Ok(None) if start.elapsed() > HELPER_START_TIMEOUT => Some(format!(
+                    "no socket {} after {HELPER_START_TIMEOUT:?}",
+                    sock.display()
+                )),
+                Ok(None) => None,
+                Err(e) => Some(format!("waiting for it: {e}")),
+            };
+            if let Some(reason) = failed {
+                let _ = daemon.start_kill();
+                let _ = daemon.wait().await;
+                return Err(BackendError::HelperFailed {
+                    program: self.vsock_daemon.clone(),
+                    reason: format!("{reason}; log: {}", tail_of_file(&daemon_log, 10)),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+
+        let qemu_log = spec.state_dir.join("qemu.log");
+        let qemu = match spawn_logged(&self.binary, &qemu_args(spec, self.accel), &qemu_log) {
+            Ok(q) => q,
+            Err(e) => {
+                let _ = daemon.start_kill();
+                let _ = daemon.wait().await;
+                return Err(e);
+            }
+        };
+        log::debug!(
+            "{}: qemu pid {:?}, vhost-device-vsock pid {:?}",
+            spec.id,
+            qemu.id(),
+            daemon.id()
+        );
+        Ok(Box::new(QemuVm {
+            program: self.binary.clone(),
+            qemu,
+            qemu_status: None,
+            daemon,
+            qemu_log,
+            daemon_log,
+        }))
+    }
+}
+
+/// The processes of one QEMU VM.
+#[derive(Debug)]
+pub struct QemuVm {
+    program: PathBuf,
+    qemu: Child,
+    qemu_status: Option<ExitStatus>,
+    daemon: Child,
+    qemu_log: PathBuf,
+    daemon_log: PathBuf,
+}
+
+impl QemuVm {
+    /// The tails of QEMU's and the vsock daemon's logs, for error messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "qemu: {} | vhost-device-vsock: {}",
+            tail_of_file(&self.qemu_log, 10),
+            tail_of_file(&self.daemon_log, 5)
+        )
+    }
+}
+
+#[async_trait]
+impl VmProcesses for QemuVm {
+    async fn wait(&mut self) -> Result<ExitStatus, BackendError> {
+        if let Some(s) = self.qemu_status {
+            return Ok(s);
+        }
+        let status = self
+            .qemu
+            .wait()
+            .await
+            .map_err(|source| BackendError::Wait {
+                program: self.program.clone(),
+                source,
+            })?;
+        self.qemu_status = Some(status);
+        Ok(status)
+    }
+
+    async fn terminate(&mut self) {
+        for child in [&mut self.qemu, &mut self.daemon] {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.start_kill();
+            }
+            let _ = child.wait().await;
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        [self.qemu.id(), self.daemon.id()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    fn diagnostics(&self) -> String {
+        self.logs()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            id: "t1".into(),
+            state_dir: "/run/hull/t1".into(),
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initramfs.cpio".into(),
+            cmdline: "console=ttyS0 quiet".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            vsock_uds: "/run/hull/t1/vsock.sock".into(),
+            console_log: "/run/hull/t1/console.log".into(),
+        }
+    }
+
+    fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn qemu_uses_a_shared_memfd_of_the_guest_size() {
+        let a = qemu_args(&spec(), Accel::Tcg);
+        assert_eq!(value_of(&a, "-m"), ["256M"]);
+        assert_eq!(
+            value_of(&a, "-object"),
+            ["memory-backend-memfd,id=mem,size=256M,share=on"]
+        );
+        assert_eq!(
+            value_of(&a, "-M"),
+            ["microvm,accel=tcg,acpi=off,memory-backend=mem"]
+        );
+        assert_eq!(value_of(&a, "-smp"), ["2"]);
+    }
+
+    #[test]
+    fn accelerator_selects_the_cpu_model() {
+        assert_eq!(value_of(&qemu_args(&spec(), Accel::Kvm), "-cpu"), ["host"]);
+        assert_eq!(
+            value_of(&qemu_args(&spec(), Accel::Tcg), "-cpu"),
+            ["max,-erms"]
+        );
+        assert!(value_of(&qemu_args(&spec(), Accel::Kvm), "-M")[0].contains("accel=kvm"));
+    }
+
+    #[test]
+    fn every_file_qemu_touches_is_in_the_state_dir_or_the_image() {
+        let a = qemu_args(&spec(), Accel::Tcg);
+        assert!(
+            a.contains(&"-no-reboot".to_string()),
+            "a guest reboot must end QEMU"
+        );
+        for chardev in value_of(&a, "-chardev") {
+            assert!(chardev.contains("path=/run/hull/t1/"), "{chardev}");
+        }
+        assert_eq!(value_of(&a, "-kernel"), ["/k/vmlinux"]);
+        assert_eq!(value_of(&a, "-initrd"), ["/k/initramfs.cpio"]);
+        assert_eq!(value_of(&a, "-append"), ["console=ttyS0 quiet"]);
+    }
+
+    #[test]
+    fn vsock_daemon_serves_the_hybrid_socket() {
+        let a = vsock_daemon_args(&spec());
+        assert_eq!(value_of(&a, "--uds-path"), ["/run/hull/t1/vsock.sock"]);
+        assert_eq!(value_of(&a, "--socket"), ["/run/hull/t1/vhost-vsock.sock"]);
+    }
+
+    #[test]
+    fn accel_names_round_trip() {
+        for a in [Accel::Kvm, Accel::Tcg] {
+            assert_eq!(a.to_string().parse::<Accel>().unwrap(), a);
+        }
+        assert!("hvf".parse::<Accel>().unwrap_err().contains("hvf"));
+    }
+}

@@ -1,0 +1,281 @@
+//! `hull check`: what this host can run, and which backend hull would use, with reasons.
+//!
+//! Everything is probed for real: KVM by running ring-0 guest code ([`crate::kvm_probe`]),
+//! tools by running them, the guest image by opening it. The backend choice is a pure
+//! function of those findings ([`choose_backend`]) so it can be tested.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backend::qemu::{Accel, Qemu, DEFAULT_QEMU, DEFAULT_VSOCK_DAEMON};
+use crate::image::GuestImage;
+use crate::kvm_probe::{self, KvmProbe, KvmVerdict};
+
+/// A host tool hull runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tool {
+    /// The name looked up.
+    pub name: String,
+    /// Where it was found.
+    pub path: Option<PathBuf>,
+    /// First line of `--version`, or why it could not be run.
+    pub detail: String,
+}
+
+impl Tool {
+    /// Whether the tool was found and answered `--version`.
+    pub fn ok(&self) -> bool {
+        self.path.is_some()
+    }
+}
+
+/// A file of the guest image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageFile {
+    /// The path checked.
+    pub path: PathBuf,
+    /// Its size, if it is a readable regular file.
+    pub size: Option<u64>,
+    /// Why it is not usable, if it is not.
+    pub problem: Option<String>,
+}
+
+/// Which backend hull asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendRequest {
+    /// The best this host supports.
+    Auto,
+    /// QEMU, with the accelerator forced or probed.
+    Qemu(Option<Accel>),
+}
+
+/// The backend hull would use, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendChoice {
+    /// `qemu` (hull-vmm is not implemented yet).
+    pub backend: &'static str,
+    /// The accelerator.
+    pub accel: Accel,
+    /// Why.
+    pub reason: String,
+}
+
+/// Everything `hull check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// The KVM probe.
+    pub kvm: KvmProbe,
+    /// QEMU.
+    pub qemu: Tool,
+    /// The vhost-user vsock daemon.
+    pub vsock_daemon: Tool,
+    /// The guest kernel.
+    pub kernel: ImageFile,
+    /// The guest initramfs.
+    pub initrd: ImageFile,
+    /// The backend hull would use, or why there is none.
+    pub backend: Result<BackendChoice, String>,
+}
+
+impl CheckReport {
+    /// Whether hull can boot guests on this host.
+    pub fn ready(&self) -> bool {
+        self.backend.is_ok() && self.kernel.problem.is_none() && self.initrd.problem.is_none()
+    }
+}
+
+/// Picks the backend for `request` from what the host has.
+pub fn choose_backend(
+    request: BackendRequest,
+    kvm: KvmVerdict,
+    qemu_ok: bool,
+    vsock_daemon_ok: bool,
+) -> Result<BackendChoice, String> {
+    if !qemu_ok {
+        return Err(format!(
+            "{DEFAULT_QEMU} not found (apt-get install qemu-system-x86)"
+        ));
+    }
+    if !vsock_daemon_ok {
+        return Err(format!(
+            "{DEFAULT_VSOCK_DAEMON} not found (cargo install vhost-device-vsock)"
+        ));
+    }
+    let (accel, reason) = match (request, kvm) {
+        (BackendRequest::Qemu(Some(Accel::Kvm)), v) if v != KvmVerdict::Native => {
+            return Err(format!(
+                "accelerator kvm was asked for, but KVM is {v:?} on this host"
+            ));
+        }
+        (BackendRequest::Qemu(Some(a)), _) => (a, format!("accelerator {a} was asked for")),
+        (_, KvmVerdict::Native) => (
+            Accel::Kvm,
+            "KVM runs guest kernel code natively".to_string(),
+        ),
+        (_, v) => (
+            Accel::Tcg,
+            format!("KVM is {v:?} here (cannot run a guest kernel at useful speed); using TCG"),
+        ),
+    };
+    // hull-vmm joins `auto` (on native KVM) once it is implemented.
+    Ok(BackendChoice {
+        backend: "qemu",
+        accel,
+        reason,
+    })
+}
+
+/// Makes the hypervisor for a choice.
+pub fn hypervisor(choice: &BackendChoice) -> Qemu {
+    Qemu::new(choice.accel)
+}
+
+/// Finds `name` in PATH (or takes it as a path if it has a `/`).
+pub fn which(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Path::new(name).is_file().then(|| PathBuf::from(name));
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+async fn tool(name: &str) -> Tool {
+    let Some(path) = which(name) else {
+        return Tool {
+            name: name.into(),
+            path: None,
+            detail: "not found in PATH".into(),
+        };
+    };
+    let run = tokio::process::Command::new(&path)
+        .arg("--version")
+        .kill_on_drop(true)
+        .output();
+    let detail = match tokio::time::timeout(Duration::from_secs(5), run).await {
+        Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+        Ok(Err(e)) => format!("cannot run: {e}"),
+        Err(_) => "--version did not answer within 5 s".into(),
+    };
+    Tool {
+        name: name.into(),
+        path: Some(path),
+        detail,
+    }
+}
+
+fn image_file(path: &Path) -> ImageFile {
+    let problem = match std::fs::File::open(path).and_then(|f| f.metadata()) {
+        Ok(m) if m.is_file() && m.len() > 0 => {
+            return ImageFile {
+                path: path.into(),
+                size: Some(m.len()),
+                problem: None,
+            }
+        }
+        Ok(_) => "not a non-empty regular file".to_string(),
+        Err(e) => e.to_string(),
+    };
+    ImageFile {
+        path: path.into(),
+        size: None,
+        problem: Some(problem),
+    }
+}
+
+/// Runs every check.
+pub async fn run(request: BackendRequest, image: &GuestImage) -> CheckReport {
+    let kvm = tokio::task::spawn_blocking(kvm_probe::probe)
+        .await
+        .unwrap_or_else(|e| KvmProbe {
+            verdict: KvmVerdict::Unavailable,
+            reasons: vec![format!("the probe thread failed: {e}")],
+            ns_per_instruction: None,
+            modules: vec![],
+        });
+    let qemu = tool(DEFAULT_QEMU).await;
+    let vsock_daemon = tool(DEFAULT_VSOCK_DAEMON).await;
+    let backend = choose_backend(request, kvm.verdict, qemu.ok(), vsock_daemon.ok());
+    CheckReport {
+        kvm,
+        qemu,
+        vsock_daemon,
+        kernel: image_file(&image.kernel),
+        initrd: image_file(&image.initrd),
+        backend,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_uses_kvm_only_where_it_is_native() {
+        let c = choose_backend(BackendRequest::Auto, KvmVerdict::Native, true, true).unwrap();
+        assert_eq!((c.backend, c.accel), ("qemu", Accel::Kvm));
+        for v in [KvmVerdict::Emulated, KvmVerdict::Unavailable] {
+            let c = choose_backend(BackendRequest::Auto, v, true, true).unwrap();
+            assert_eq!(c.accel, Accel::Tcg, "{v:?}");
+            assert!(c.reason.contains(&format!("{v:?}")));
+        }
+    }
+
+    #[test]
+    fn a_forced_accelerator_is_honoured_or_refused_with_a_reason() {
+        let c = choose_backend(
+            BackendRequest::Qemu(Some(Accel::Tcg)),
+            KvmVerdict::Native,
+            true,
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.accel, Accel::Tcg);
+        let e = choose_backend(
+            BackendRequest::Qemu(Some(Accel::Kvm)),
+            KvmVerdict::Emulated,
+            true,
+            true,
+        )
+        .unwrap_err();
+        assert!(e.contains("kvm") && e.contains("Emulated"), "{e}");
+    }
+
+    #[test]
+    fn missing_tools_are_named() {
+        let e = choose_backend(BackendRequest::Auto, KvmVerdict::Native, false, true).unwrap_err();
+        assert!(e.contains("qemu-system-x86_64"));
+        let e = choose_backend(BackendRequest::Auto, KvmVerdict::Native, true, false).unwrap_err();
+        assert!(e.contains("vhost-device-vsock"));
+    }
+
+    #[test]
+    fn image_files_report_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(image_file(&dir.path().join("none"))
+            .problem
+            .unwrap()
+            .contains("No such file"));
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(image_file(&empty).problem.is_some());
+        std::fs::write(&empty, b"x").unwrap();
+        assert_eq!(image_file(&empty).size, Some(1));
+    }
+
+    #[test]
+    fn which_finds_programs_in_path_and_explicit_paths() {
+        assert!(which("sh").is_some());
+        assert!(which("/bin/sh").is_some());
+        assert!(which("hull-no-such-program").is_none());
+    }
+}

@@ -1,0 +1,19 @@
+//! hull's host side: hypervisor backends, the hybrid-vsock transport, the agent client and
+//! the VM lifecycle, plus the checks behind `hull check`.
+//!
+//! The containerd shim (`containerd-shim-hull-v2`) will be built on this library; today the
+//! `hull` operator CLI uses it.
+
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod backend;
+pub mod check;
+pub mod image;
+pub mod kvm_probe;
+pub mod util;
+pub mod vm;
+pub mod vsock;
+
+/// Parent of every VM's state directory.
+pub const DEFAULT_STATE_ROOT: &str = "/run/hull";

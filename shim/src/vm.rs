@@ -1,0 +1,501 @@
+//! One microVM's lifecycle, independent of the hypervisor: state directory, boot, readiness,
+//! the agent connection, and stop.
+//!
+//! Boot: check the inputs (before anything is created), create `<state_root>/<id>/`, listen
+//! for the agent's readiness announcement, launch the backend, wait until the agent announces
+//! itself (or the VM dies, or the boot deadline passes), connect and `Check`. Stop: agent
+//! `Shutdown`, wait for the hypervisor to exit, kill it after a timeout. On every error path
+//! and on drop, the VM's processes are killed and its state directory is removed: nothing
+//! is left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use hull_protocol::READY_VSOCK_PORT;
+use thiserror::Error;
+use tokio::net::UnixListener;
+
+use crate::agent::{Agent, AgentError};
+use crate::backend::{BackendError, Hypervisor, LaunchSpec, VmProcesses};
+use crate::util::{first_line_containing, tail_of_file};
+use crate::vsock::{self, VsockError};
+
+/// Kernel command line every hull guest gets. `reboot=t`: reboot by triple fault (no i8042
+/// to wait for ~3 s); `panic=-1`: a guest panic reboots at once, which ends the VM.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+
+/// Smallest guest memory hull boots with.
+pub const MIN_MEMORY_MIB: u32 = 64;
+
+/// How a VM is to be booted.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Guest kernel image.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initrd: PathBuf,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Appended to [`BASE_CMDLINE`].
+    pub extra_cmdline: String,
+    /// Launch → agent ready deadline.
+    pub boot_timeout: Duration,
+    /// Deadline of each agent call.
+    pub rpc_timeout: Duration,
+    /// Parent of the VMs' state directories (`/run/hull`).
+    pub state_root: PathBuf,
+}
+
+impl VmConfig {
+    /// A configuration with hull's defaults for the given image.
+    pub fn new(kernel: PathBuf, initrd: PathBuf) -> Self {
+        VmConfig {
+            kernel,
+            initrd,
+            vcpus: 1,
+            memory_mib: 256,
+            extra_cmdline: String::new(),
+            boot_timeout: Duration::from_secs(30),
+            rpc_timeout: Duration::from_secs(10),
+            state_root: PathBuf::from(crate::DEFAULT_STATE_ROOT),
+        }
+    }
+
+    /// The full guest kernel command line.
+    pub fn cmdline(&self) -> String {
+        if self.extra_cmdline.trim().is_empty() {
+            BASE_CMDLINE.to_string()
+        } else {
+            format!("{BASE_CMDLINE} {}", self.extra_cmdline.trim())
+        }
+    }
+
+    /// Checks everything that can be checked before anything is created.
+    pub fn validate(&self) -> Result<(), VmError> {
+        check_file("kernel", &self.kernel)?;
+        check_file("initrd", &self.initrd)?;
+        if self.vcpus == 0 || self.vcpus > 64 {
+            return Err(VmError::InvalidConfig(format!(
+                "vcpus {} is not in 1..=64",
+                self.vcpus
+            )));
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(VmError::InvalidConfig(format!(
+                "memory {} MiB is below the minimum of {MIN_MEMORY_MIB} MiB",
+                self.memory_mib
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn check_file(what: &'static str, path: &Path) -> Result<(), VmError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(VmError::Image {
+            what,
+            path: path.to_path_buf(),
+            source: std::io::Error::other("not a regular file"),
+        }),
+        Err(source) => Err(VmError::Image {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Errors of a VM's lifecycle.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// The VM id cannot name a state directory.
+    #[error("invalid VM id {id:?}: {reason}")]
+    InvalidId {
+        /// The id.
+        id: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// The kernel or initrd is missing or unreadable.
+    #[error("guest {what} {path}: {source}")]
+    Image {
+        /// `kernel` or `initrd`.
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A resource setting is out of range.
+    #[error("invalid VM configuration: {0}")]
+    InvalidConfig(String),
+    /// A VM with this id already has a state directory.
+    #[error("VM state directory {0} already exists")]
+    AlreadyExists(PathBuf),
+    /// Creating the state directory failed.
+    #[error("creating VM state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Listening for the agent's readiness failed.
+    #[error("preparing vsock: {0}")]
+    Vsock(#[from] VsockError),
+    /// The backend could not start the VM.
+    #[error("starting the VM: {0}")]
+    Launch(#[from] BackendError),
+    /// The hypervisor exited before the agent was ready.
+    #[error(
+        "the VM exited with {status} before its agent was ready; console: {console}; {backend}"
+    )]
+    ExitedBeforeReady {
+        /// The hypervisor's exit status.
+        status: ExitStatus,
+        /// Tail of the guest console.
+        console: String,
+        /// Tail of the backend's logs.
+        backend: String,
+    },
+    /// The agent did not announce itself in time.
+    #[error("the guest agent did not become ready within {timeout:?}; console: {console}")]
+    BootTimeout {
+        /// The boot deadline.
+        timeout: Duration,
+        /// Tail of the guest console.
+        console: String,
+    },
+    /// Something connected to the readiness port but did not announce a hull agent.
+    #[error("bad readiness announcement from the guest: {0}")]
+    BadReadiness(String),
+    /// Talking to the agent failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// Checks that `id` can name a directory: 1–64 of `[A-Za-z0-9_.-]`, not starting with `.`.
+pub fn validate_id(id: &str) -> Result<(), VmError> {
+    let reason = if id.is_empty() {
+        Some("empty")
+    } else if id.len() > 64 {
+        Some("longer than 64 bytes")
+    } else if id.starts_with('.') {
+        Some("starts with '.'")
+    } else if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        Some("only letters, digits, '_', '.' and '-' are allowed")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(VmError::InvalidId {
+            id: id.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A VM's state directory, removed with everything in it when dropped.
+#[derive(Debug)]
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn create(path: PathBuf) -> Result<StateDir, VmError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| VmError::StateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        match std::fs::create_dir(&path) {
+            Ok(()) => Ok(StateDir(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(VmError::AlreadyExists(path))
+            }
+            Err(source) => Err(VmError::StateDir { path, source }),
+        }
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("removing {}: {e}", self.0.display());
+            }
+        }
+    }
+}
+
+/// How a VM stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// The guest shut down when asked; the hypervisor's exit status.
+    Clean(ExitStatus),
+    /// The guest did not stop in time (or the agent did not answer) and was killed.
+    Killed,
+}
+
+/// A running VM whose agent answered `Check`. Dropping it kills the VM and removes its state.
+#[derive(Debug)]
+pub struct Vm {
+    id: String,
+    // Field order is drop order: processes die before their state directory goes.
+    procs: Box<dyn VmProcesses>,
+    agent: Agent,
+    agent_version: String,
+    boot_time: Duration,
+    console_log: PathBuf,
+    state: StateDir,
+}
+
+impl Vm {
+    /// Boots a VM with `hypervisor` and waits for its agent. See the module docs.
+    pub async fn boot(
+        hypervisor: &dyn Hypervisor,
+        id: &str,
+        cfg: &VmConfig,
+    ) -> Result<Vm, VmError> {
+        validate_id(id)?;
+        cfg.validate()?;
+        let state = StateDir::create(cfg.state_root.join(id))?;
+        let spec = LaunchSpec {
+            id: id.to_string(),
+            state_dir: state.0.clone(),
+            kernel: cfg.kernel.clone(),
+            initrd: cfg.initrd.clone(),
+            cmdline: cfg.cmdline(),
+            vcpus: cfg.vcpus,
+            memory_mib: cfg.memory_mib,
+            vsock_uds: state.0.join("vsock.sock"),
+            console_log: state.0.join("console.log"),
+        };
+        let ready = vsock::listen(&spec.vsock_uds, READY_VSOCK_PORT)?;
+        let start = Instant::now();
+        let mut procs = hypervisor.launch(&spec).await?;
+        log::debug!(
+            "{id}: {} started, pids {:?}",
+            hypervisor.name(),
+            procs.pids()
+        );
+
+        let connected = async {
+            let agent_version = wait_ready(procs.as_mut(), &ready, &spec, cfg.boot_timeout).await?;
+            let agent = Agent::connect(&spec.vsock_uds, cfg.rpc_timeout).await?;
+            agent.check().await?;
+            Ok::<_, VmError>((agent, agent_version))
+        }
+        .await;
+        let (agent, agent_version) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                procs.terminate().await;
+                return Err(e);
+            }
+        };
+        let boot_time = start.elapsed();
+        log::info!("{id}: agent {agent_version} ready after {boot_time:?}");
+        Ok(Vm {
+            id: id.to_string(),
+            procs,
+            agent,
+            agent_version,
+            boot_time,
+            console_log: spec.console_log,
+            state,
+        })
+    }
+
+    /// The VM's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The agent connection.
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// The agent version the guest announced.
+    pub fn agent_version(&self) -> &str {
+        &self.agent_version
+    }
+
+    /// Launch → agent `Check` answered.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// The VM's state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state.0
+    }
+
+    /// The guest console log.
+    pub fn console_log(&self) -> &Path {
+        &self.console_log
+    }
+
+    /// Host pids of the VM's processes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.pids()
+    }
+
+    /// Asks the guest to shut down and waits up to `timeout` for the VM to exit; kills it
+    /// after that. Either way every process is reaped and the state directory removed.
+    pub async fn shutdown(mut self, timeout: Duration) -> StopOutcome {
+        let deadline = Instant::now() + timeout;
+        let asked = tokio::time::timeout(timeout, self.agent.shutdown()).await;
+        let outcome = match asked {
+            Ok(Ok(())) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, self.procs.wait()).await {
+                    Ok(Ok(status)) => StopOutcome::Clean(status),
+                    Ok(Err(e)) => {
+                        log::warn!("{}: {e}", self.id);
+                        StopOutcome::Killed
+                    }
+                    Err(_) => {
+                        log::warn!(
+                            "{}: the VM did not exit within {timeout:?}; killing it",
+                            self.id
+                        );
+                        StopOutcome::Killed
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                log::warn!("{}: {e}; killing the VM", self.id);
+                StopOutcome::Killed
+            }
+            Err(_) => {
+                log::warn!("{}: agent Shutdown timed out; killing the VM", self.id);
+                StopOutcome::Killed
+            }
+        };
+        self.procs.terminate().await;
+        outcome
+    }
+
+    /// Kills the VM at once; every process is reaped and the state directory removed.
+    pub async fn kill(mut self) {
+        self.procs.terminate().await;
+    }
+}
+
+/// What an error message shows of the guest console: the kernel's panic line, if there is
+/// one (it scrolls away under the stack trace that follows it), then the last lines.
+fn console_summary(console_log: &Path) -> String {
+    let tail = tail_of_file(console_log, 8);
+    match first_line_containing(console_log, "Kernel panic") {
+        Some(panic) if !tail.contains(&panic) => format!("{panic} ... {tail}"),
+        _ => tail,
+    }
+}
+
+/// Waits for the agent's readiness line on `ready`; fails early if the VM exits.
+async fn wait_ready(
+    procs: &mut dyn VmProcesses,
+    ready: &UnixListener,
+    spec: &LaunchSpec,
+    timeout: Duration,
+) -> Result<String, VmError> {
+    let announce = async {
+        let (mut conn, _) = ready
+            .accept()
+            .await
+            .map_err(|e| VmError::BadReadiness(format!("accepting: {e}")))?;
+        let line = tokio::time::timeout(Duration::from_secs(2), vsock::read_line(&mut conn))
+            .await
+            .map_err(|_| VmError::BadReadiness("no line within 2 s".into()))?
+            .map_err(|e| VmError::BadReadiness(e.to_string()))?
+            .map_err(|e| VmError::BadReadiness(e.to_string()))?;
+        vsock::parse_ready_line(&line)
+            .map(str::to_string)
+            .map_err(VmError::BadReadiness)
+    };
+    tokio::select! {
+        r = announce => r,
+        status = procs.wait() => {
+            let status = status?;
+            Err(VmError::ExitedBeforeReady {
+                status,
+                console: console_summary(&spec.console_log),
+                backend: procs.diagnostics(),
+            })
+        }
+        _ = tokio::time::sleep(timeout) => Err(VmError::BootTimeout {
+            timeout,
+            console: console_summary(&spec.console_log),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_cannot_name_a_directory_are_rejected() {
+        for ok in ["a", "pod-1", "x_y.z", &"a".repeat(64)] {
+            validate_id(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "../etc", "a/b", "a b", &"a".repeat(65), "é"] {
+            assert!(validate_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn cmdline_appends_extras_to_the_base() {
+        let mut c = VmConfig::new("/k".into(), "/i".into());
+        assert_eq!(c.cmdline(), BASE_CMDLINE);
+        c.extra_cmdline = " hull_log=debug ".into();
+        assert_eq!(c.cmdline(), format!("{BASE_CMDLINE} hull_log=debug"));
+    }
+
+    #[test]
+    fn missing_images_and_bad_resources_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("vmlinux");
+        std::fs::write(&k, b"k").unwrap();
+        let c = VmConfig::new(dir.path().join("nope"), k.clone());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("kernel") && e.contains("nope"), "{e}");
+
+        let c = VmConfig::new(k.clone(), dir.path().to_path_buf());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("initrd") && e.contains("not a regular file"),
+            "{e}"
+        );
+
+        let mut c = VmConfig::new(k.clone(), k.clone());
+        c.memory_mib = 16;
+        assert!(c.validate().unwrap_err().to_string().contains("16 MiB"));
+        c.memory_mib = 128;
+        c.vcpus = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("vcpus 0"));
+    }
+
+    #[test]
+    fn state_dir_is_exclusive_and_removed_on_drop() {
+        let root = tempfile::tempdir().unwrap();
+        let p = root.path().join("vm1");
+        let d = StateDir::create(p.clone()).unwrap();
+        std::fs::write(p.join("file"), b"x").unwrap();
+        assert!(matches!(
+            StateDir::create(p.clone()),
+            Err(VmError::AlreadyExists(_))
+        ));
+        drop(d);
+        assert!(!p.exists());
+    }
+}
