@@ -1,0 +1,54 @@
+# hull — two entry points do everything on a fresh Debian 12 machine (as root):
+#   make demo   set up, build, install, boot a microVM and show it runs the guest kernel
+#   make test   set up, build, and run the whole test suite (what CI runs)
+# Everything expensive (guest kernel) is cached in $(HULL_CACHE_DIR), keyed by its inputs.
+
+SHELL := /bin/bash
+export HULL_CACHE_DIR ?= /var/cache/hull
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+PREFIX ?= /usr/local
+IMAGE_ENV := target/guest-image.env
+
+.PHONY: all setup guest-image build install demo test lint unit integration clean
+
+all: build
+
+setup:
+	./scripts/setup-host.sh
+
+guest-image: setup
+	./guest-image/build.sh $(IMAGE_ENV)
+
+build: setup
+	cargo build --release --locked -p hull-shim -p hull-vmm
+
+install: build guest-image
+	install -D -m 0755 target/release/hull $(PREFIX)/bin/hull
+	source $(IMAGE_ENV) && \
+	install -D -m 0644 "$$HULL_KERNEL" $(PREFIX)/share/hull/vmlinux && \
+	install -D -m 0644 "$$HULL_INITRD" $(PREFIX)/share/hull/initramfs.cpio && \
+	install -D -m 0644 "$$(dirname $$HULL_KERNEL)/release" $(PREFIX)/share/hull/release
+
+demo: install
+	@echo "== hull check: what this host can run =="
+	$(PREFIX)/bin/hull check
+	@echo
+	@echo "== hull boot: one microVM, its agent, its kernel =="
+	$(PREFIX)/bin/hull boot
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets --target aarch64-unknown-linux-gnu -- -D warnings
+
+unit: setup
+	cargo test --locked --workspace --exclude hull-tests
+
+integration: guest-image
+	source $(IMAGE_ENV) && export HULL_KERNEL HULL_INITRD && \
+	cargo test --locked -p hull-tests -- --test-threads=2
+
+test: lint unit integration
+
+clean:
+	cargo clean

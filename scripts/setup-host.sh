@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what hull needs to build and run on a fresh Debian 12 machine, idempotently:
+# Debian packages, the Rust targets, and rust-vmm's vhost-device-vsock from crates.io.
+# A second run only checks (no apt-get update when nothing is missing).
+set -euo pipefail
+
+log() { echo "setup-host: $*" >&2; }
+
+packages=(
+    qemu-system-x86          # the QEMU backend (microvm machine, TCG or KVM)
+    linux-source-6.1         # the guest kernel's source
+    build-essential flex bison bc libelf-dev libssl-dev   # to build the guest kernel
+    file                     # build-initramfs.sh checks that the agent is static
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >&2
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
+targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-gnu)
+installed=$(rustup target list --installed)
+for t in "${targets[@]}"; do
+    grep -qx "$t" <<<"$installed" || { log "adding rust target $t"; rustup target add "$t" >&2; }
+done
+
+# vhost-device-vsock 0.3: the version whose hybrid-vsock behaviour docs/protocol.md describes.
+vsock_version=0.3.0
+if ! vhost-device-vsock --version 2>/dev/null | grep -q " $vsock_version"; then
+    log "installing vhost-device-vsock $vsock_version from crates.io"
+    cargo install --locked --quiet vhost-device-vsock@"$vsock_version" >&2
+fi
+command -v vhost-device-vsock >/dev/null || {
+    log "vhost-device-vsock is not in PATH (add ~/.cargo/bin)"; exit 1; }

@@ -1,0 +1,202 @@
+//! Boots the real guest image (kernel + hull-agent as PID 1) through the QEMU backend, the
+//! way the shim will, and checks what the agent reports and what is left afterwards.
+//!
+//! On this machine the guest runs under TCG (see DESIGN.md); these tests need root, QEMU,
+//! vhost-device-vsock and the guest image, which `make test` provides. They fail loudly
+//! when something is missing.
+
+use std::time::{Duration, Instant};
+
+use hull_shim::vm::{StopOutcome, Vm, VmError};
+use hull_tests::{assert_nothing_left, image_kernel_release, qemu_backend, vm_config};
+
+#[tokio::test]
+async fn version_reports_the_guest_kernel_not_the_host() {
+    let root = tempfile::tempdir().unwrap();
+    let hv = qemu_backend().await;
+    let cfg = vm_config(root.path());
+    let vm = Vm::boot(&hv, "version", &cfg).await.expect("boot");
+    let v = vm.agent().version().await.expect("Version");
+    let image = hull_tests::guest_image();
+    assert_eq!(v.kernel_release, image_kernel_release(&image));
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(
+        v.kernel_release,
+        host.trim(),
+        "the agent answered from the host kernel"
+    );
+    assert!(v.pid1, "the agent must run as the guest's PID 1");
+    assert_eq!(v.protocol_major, hull_protocol::PROTOCOL_MAJOR);
+    assert_eq!(v.agent_version, vm.agent_version());
+    assert!(
+        v.uptime_seconds > 0.0 && v.uptime_seconds < 60.0,
+        "uptime {}",
+        v.uptime_seconds
+    );
+    vm.agent().check().await.expect("Check");
+
+    let outcome = vm.shutdown(Duration::from_secs(10)).await;
+    assert!(
+        matches!(outcome, StopOutcome::Clean(s) if s.success()),
+        "{outcome:?}"
+    );
+    assert_nothing_left(root.path());
+}
+
+#[tokio::test]
+async fn five_boots_in_a_row_leave_no_process_socket_or_state() {
+    let root = tempfile::tempdir().unwrap();
+    let hv = qemu_backend().await;
+    let cfg = vm_config(root.path());
+    for n in 0..5 {
+        let id = format!("seq-{n}");
+        let vm = Vm::boot(&hv, &id, &cfg)
+            .await
+            .unwrap_or_else(|e| panic!("boot {n}: {e}"));
+        assert_eq!(vm.state_dir(), root.path().join(&id));
+        let pids = vm.pids();
+        assert_eq!(pids.len(), 2, "qemu and vhost-device-vsock");
+        vm.agent().check().await.unwrap();
+        let outcome = vm.shutdown(Duration::from_secs(10)).await;
+        assert!(
+            matches!(outcome, StopOutcome::Clean(_)),
+            "boot {n}: {outcome:?}"
+        );
+        for pid in pids {
+            assert!(
+                !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "pid {pid} survived"
+            );
+        }
+        assert_nothing_left(root.path());
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_kernel_path_fails_at_once_naming_it() {
+    let root = tempfile::tempdir().unwrap();
+    let hv = qemu_backend().await;
+    let mut cfg = vm_config(root.path());
+    cfg.kernel = root.path().join("no-such-vmlinux");
+    let start = Instant::now();
+    let err = Vm::boot(&hv, "badkernel", &cfg).await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(
+        matches!(err, VmError::Image { what: "kernel", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no-such-vmlinux"), "{err}");
+    assert_nothing_left(root.path());
+}
+
+#[tokio::test]
+async fn a_missing_initrd_fails_at_once_naming_it() {
+    let root = tempfile::tempdir().unwrap();
+    let hv = qemu_backend().await;
+    let mut cfg = vm_config(root.path());
+    cfg.initrd = root.path().join("no-such-initramfs");
+    let err = Vm::boot(&hv, "badinitrd", &cfg).await.unwrap_err();
+    assert!(
+        matches!(err, VmError::Image { what: "initrd", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no-such-initramfs"), "{err}");
+    assert_nothing_left(root.path());
+}
+
+#[tokio::test]
+async fn a_kernel_that_is_not_a_kernel_fails_with_the_hypervisors_reason() {
+    let root = tempfile::tempdir().unwrap();
+    let hv = qemu_backend().await;
+    let mut cfg = vm_config(root.path());
+    let bogus = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bogus.path(), b"this is not a kernel").unwrap();
+    cfg.kernel = bogus.path().to_path_buf();
+    let start = Instant::now();
+    let err = Vm::boot(&hv, "notakernel", &cfg).await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    match &err {
+        VmError::ExitedBeforeReady { backend, .. } => {
+            assert!(backend.contains("qemu:"), "{err}");
+        }
+        other => panic!("expected ExitedBeforeReady, got {other}"),
+    }
+    assert_nothing_left(root.path());
+}
+
+#[tokio::test]
+async fn a_guest_whose_init_fails_reports_the_exit_and_the_console() {
+    let root = tempfile::tempdir().unwrap();
+    let hv = qemu_backend().await;
+    let mut cfg = vm_config(root.path());
+    // No such init: the guest kernel panics and (panic=-1) reboots, which ends the VM.
+    cfg.extra_cmdline = "rdinit=/no-such-init".into();
+    let start = Instant::now();
+    let err = Vm::boot(&hv, "noinit", &cfg).await.unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+    match &err {
+        VmError::ExitedBeforeReady { console, .. } => {
+            assert!(console.contains("Kernel panic"), "console: {console}");
+        }
+        other => panic!("expected ExitedBeforeReady, got {other}"),
+    }
+    assert_nothing_left(root.path());
+}
+
+#[tokio::test]
+async fn an_agent_that_never_answers_times_out_and_is_cleaned_up() {
+    let root = tempfile::tempdir().unwrap();
+    let hv = qemu_backend().await;
+    let mut cfg = vm_config(root.path());
+    // The guest panics without rebooting (panic=0 overrides panic=-1): the VM stays up and
+    // nothing ever answers.
+    cfg.extra_cmdline = "rdinit=/no-such-init panic=0".into();
+    cfg.boot_timeout = Duration::from_secs(6);
+    let start = Instant::now();
+    let err = Vm::boot(&hv, "hang", &cfg).await.unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(6) && took < Duration::from_secs(12),
+        "took {took:?}"
+    );
+    match &err {
+        VmError::BootTimeout { console, .. } => {
+            assert!(console.contains("Kernel panic"), "console: {console}");
+        }
+        other => panic!("expected BootTimeout, got {other}"),
+    }
+    assert_nothing_left(root.path());
+}
+
+#[tokio::test]
+async fn a_second_vm_with_the_same_id_is_refused_and_the_first_survives() {
+    let root = tempfile::tempdir().unwrap();
+    let hv = qemu_backend().await;
+    let cfg = vm_config(root.path());
+    let vm = Vm::boot(&hv, "dup", &cfg).await.expect("boot");
+    let err = Vm::boot(&hv, "dup", &cfg).await.unwrap_err();
+    assert!(matches!(err, VmError::AlreadyExists(_)), "{err}");
+    vm.agent()
+        .check()
+        .await
+        .expect("the first VM still answers");
+    assert!(matches!(
+        vm.shutdown(Duration::from_secs(10)).await,
+        StopOutcome::Clean(_)
+    ));
+    assert_nothing_left(root.path());
+}
+
+#[tokio::test]
+async fn killing_a_vm_reaps_its_processes_and_removes_its_state() {
+    let root = tempfile::tempdir().unwrap();
+    let hv = qemu_backend().await;
+    let cfg = vm_config(root.path());
+    let vm = Vm::boot(&hv, "killme", &cfg).await.expect("boot");
+    vm.kill().await;
+    assert_nothing_left(root.path());
+}
