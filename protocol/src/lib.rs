@@ -53,7 +53,7 @@ pub mod agent_ttrpc {
 /// The protocol's major version: the `v1` of the `hull.agent.v1` package.
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Counts additive, backwards compatible changes to `hull.agent.v1`.
-pub const PROTOCOL_MINOR: u32 = 0;
+pub const PROTOCOL_MINOR: u32 = 1;
 
 /// vsock port on which the agent serves ttrpc.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -62,6 +62,11 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// that races the guest driver's queue setup can kill the VM's vsock for good with
 /// vhost-device-vsock 0.3 (see docs/protocol.md).
 pub const READY_VSOCK_PORT: u32 = 1025;
+/// vsock port on which the agent accepts stdio streams: each connection starts with the
+/// line `STREAM <id>\n` naming the stream (see `StdioStreams` in the protocol).
+pub const STDIO_VSOCK_PORT: u32 = 1026;
+/// Longest stdio stream id.
+pub const MAX_STREAM_ID: usize = 128;
 /// The well-known CID of the host.
 pub const HOST_CID: u32 = 2;
 /// The line the agent writes on the readiness connection, followed by its version.
