@@ -9,10 +9,14 @@ top=$(dirname "$here")
 envfile=${1:-$top/target/guest-image.env}
 
 kdir=$("$here/build-kernel.sh")
-# The agent is PID 1 of a guest without a dynamic loader: static musl, release.
-cargo build --quiet --release --locked -p hull-agent --target x86_64-unknown-linux-musl \
+# The agent is PID 1 of a guest without a dynamic loader: a static binary. Static glibc
+# (not musl) because libcontainer's seccomp support links Debian's libseccomp.a. An explicit
+# --target keeps these RUSTFLAGS away from build scripts and proc macros.
+RUSTFLAGS="-C target-feature=+crt-static" \
+LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+    cargo build --quiet --release --locked -p hull-agent --target x86_64-unknown-linux-gnu \
     --manifest-path "$top/Cargo.toml"
-agent="$top/target/x86_64-unknown-linux-musl/release/hull-agent"
+agent="$top/target/x86_64-unknown-linux-gnu/release/hull-agent"
 idir=$("$here/build-initramfs.sh" "$agent" "$kdir")
 
 mkdir -p "$(dirname "$envfile")"

@@ -1,5 +1,5 @@
-//! PID 1 duties of the agent: the guest's base filesystems, `/dev` links, cgroup v2
-//! controllers, and reaping orphans.
+//! PID 1 duties of the agent: the guest's base filesystems, `/dev` links and cgroup v2
+//! controllers. (Reaping is [`crate::reaper`]'s.)
 //!
 //! Every step is best effort: a failed step is logged and returned in an [`InitReport`],
 //! never fatal, because PID 1 exiting panics the guest kernel. Steps take a `root` prefix
@@ -225,40 +225,6 @@ pub fn setup_pid1() -> InitReport {
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     );
     report
-}
-
-/// Reaps every exited child, forever. As PID 1 the agent inherits every orphan in the
-/// guest; an unreaped zombie would keep its pid and process-table slot for good.
-///
-/// It reaps with `waitpid(-1)`, so nothing else in the agent may wait for children by pid
-/// (no `tokio::process`): container processes will get their exit status from here.
-pub async fn reap_children() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    use tokio::signal::unix::{signal, SignalKind};
-
-    let mut sigchld = match signal(SignalKind::child()) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("cannot watch SIGCHLD, orphans will not be reaped: {e}");
-            return;
-        }
-    };
-    loop {
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => break,
-                Ok(status) => log::debug!("reaped {status:?}"),
-                Err(nix::Error::EINTR) => continue,
-                Err(e) => {
-                    log::warn!("waitpid: {e}");
-                    break;
-                }
-            }
-        }
-        if sigchld.recv().await.is_none() {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

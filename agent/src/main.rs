@@ -5,19 +5,25 @@
 //! never exits: errors are logged to the console and reported, because PID 1 exiting panics
 //! the guest. With `--listen unix:PATH` it runs as an ordinary host process (for tests).
 
-mod init;
-mod logger;
-mod ready;
-mod service;
-
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use hull_protocol::{agent_ttrpc::create_agent, AGENT_VSOCK_PORT};
+use hull_agent::reaper::Reaper;
+use hull_agent::sandbox::{Sandbox, SandboxConfig};
+use hull_agent::service::{AgentService, ShutdownAction};
+use hull_agent::streams::{Stream, StreamRegistry};
+use hull_agent::{init, logger, ready};
+use hull_protocol::{agent_ttrpc::create_agent, AGENT_VSOCK_PORT, STDIO_VSOCK_PORT};
 use log::LevelFilter;
-use service::{AgentService, ShutdownAction};
 use tokio::sync::mpsc;
 
-const USAGE: &str = "usage: hull-agent [--listen vsock|unix:PATH] [--log-level LEVEL]";
+const USAGE: &str = "usage: hull-agent [--listen vsock|unix:PATH] [--log-level LEVEL] \
+                     [--share-dir DIR] [--state-dir DIR]";
+
+/// In the guest: where the pod share is mounted and where container state lives.
+const GUEST_SHARE_ROOT: &str = "/run/hull/share";
+const GUEST_STATE_ROOT: &str = "/run/hull/agent";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Listen {
@@ -29,6 +35,8 @@ enum Listen {
 struct Options {
     listen: Listen,
     level: LevelFilter,
+    share_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
 }
 
 fn parse_args(args: &[String], env_level: Option<&str>) -> Result<Options, String> {
@@ -37,6 +45,8 @@ fn parse_args(args: &[String], env_level: Option<&str>) -> Result<Options, Strin
         level: env_level
             .and_then(logger::parse_level)
             .unwrap_or(LevelFilter::Info),
+        share_dir: None,
+        state_dir: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -54,15 +64,72 @@ fn parse_args(args: &[String], env_level: Option<&str>) -> Result<Options, Strin
                 opts.level =
                     logger::parse_level(v).ok_or(format!("--log-level {v}: unknown level"))?;
             }
+            "--share-dir" => {
+                opts.share_dir = Some(it.next().ok_or("--share-dir needs a value")?.into())
+            }
+            "--state-dir" => {
+                opts.state_dir = Some(it.next().ok_or("--state-dir needs a value")?.into())
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     Ok(opts)
 }
 
-async fn serve(opts: Options, pid1: bool) -> Result<ShutdownAction, ttrpc::Error> {
+/// Accepts stdio streams on vsock (guest) or `<socket>.stdio` (host mode).
+fn serve_streams(listen: &Listen, registry: Arc<StreamRegistry>) -> std::io::Result<()> {
+    match listen {
+        Listen::Vsock => {
+            let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, STDIO_VSOCK_PORT);
+            let listener = Arc::new(tokio_vsock::VsockListener::bind(addr)?);
+            tokio::spawn(registry.serve(move || {
+                let l = listener.clone();
+                async move { l.accept().await.map(|(s, _)| Box::pin(s) as Stream) }
+            }));
+        }
+        Listen::Unix(p) => {
+            let path = format!("{p}.stdio");
+            let _ = std::fs::remove_file(&path);
+            let listener = Arc::new(tokio::net::UnixListener::bind(&path)?);
+            tokio::spawn(registry.serve(move || {
+                let l = listener.clone();
+                async move { l.accept().await.map(|(s, _)| Box::pin(s) as Stream) }
+            }));
+        }
+    }
+    Ok(())
+}
+
+async fn serve(
+    opts: Options,
+    pid1: bool,
+    reaper: Arc<Reaper>,
+) -> Result<ShutdownAction, ttrpc::Error> {
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel(1);
-    let service = create_agent(AgentService::new(pid1, shutdown_tx));
+    let registry = Arc::new(StreamRegistry::default());
+    let sandbox = match (&opts.listen, &opts.share_dir) {
+        // In the guest the sandbox always exists; in host mode only with a share directory.
+        (Listen::Vsock, _) | (_, Some(_)) => {
+            let cfg = SandboxConfig {
+                share_root: opts
+                    .share_dir
+                    .clone()
+                    .unwrap_or_else(|| GUEST_SHARE_ROOT.into()),
+                state_root: opts
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(|| GUEST_STATE_ROOT.into()),
+                no_pivot: pid1,
+                owns_machine: pid1,
+            };
+            if let Err(e) = serve_streams(&opts.listen, registry.clone()) {
+                log::error!("cannot accept stdio streams: {e}");
+            }
+            Some(Sandbox::new(cfg, reaper, registry))
+        }
+        _ => None,
+    };
+    let service = create_agent(AgentService::new(pid1, shutdown_tx, sandbox));
     let addr = match &opts.listen {
         Listen::Vsock => format!("vsock://-1:{AGENT_VSOCK_PORT}"),
         Listen::Unix(p) => {
@@ -105,6 +172,8 @@ fn main() -> ExitCode {
             Options {
                 listen: Listen::Vsock,
                 level: LevelFilter::Info,
+                share_dir: None,
+                state_dir: None,
             }
         }
     };
@@ -128,11 +197,17 @@ fn main() -> ExitCode {
             return park_or_exit(pid1, 1);
         }
     };
-    let result = runtime.block_on(async {
-        if pid1 {
-            tokio::spawn(init::reap_children());
+    if !pid1 {
+        // Host mode: become the reaper of the containers' processes, which libcontainer
+        // detaches from their intermediate parents.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            log::warn!("cannot become a child subreaper: {e}");
         }
-        serve(opts, pid1).await
+    }
+    let reaper = Arc::new(Reaper::default());
+    let result = runtime.block_on(async {
+        tokio::spawn(reaper.clone().run());
+        serve(opts, pid1, reaper).await
     });
     match result {
         Ok(ShutdownAction::RebootGuest) => reboot(),
@@ -178,7 +253,9 @@ mod tests {
             parse_args(&[], None).unwrap(),
             Options {
                 listen: Listen::Vsock,
-                level: LevelFilter::Info
+                level: LevelFilter::Info,
+                share_dir: None,
+                state_dir: None,
             }
         );
         assert_eq!(
@@ -200,6 +277,14 @@ mod tests {
         .unwrap();
         assert_eq!(o.listen, Listen::Unix("/tmp/a.sock".into()));
         assert_eq!(o.level, LevelFilter::Warn);
+    }
+
+    #[test]
+    fn share_and_state_dirs_parse() {
+        let o = parse_args(&s(&["--share-dir", "/s", "--state-dir", "/t"]), None).unwrap();
+        assert_eq!(o.share_dir, Some(PathBuf::from("/s")));
+        assert_eq!(o.state_dir, Some(PathBuf::from("/t")));
+        assert!(parse_args(&s(&["--share-dir"]), None).is_err());
     }
 
     #[test]

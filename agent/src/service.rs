@@ -1,16 +1,20 @@
-//! The `hull.agent.v1.Agent` ttrpc service: health, identity and shutdown of the guest.
+//! The `hull.agent.v1.Agent` ttrpc service: health, identity and shutdown of the guest, and
+//! the sandbox's containers.
 //!
-//! Handlers are thin: log, call a `do_x()` that returns a typed error, convert the error to a
-//! ttrpc status with a meaningful code. Container RPCs are not part of this service yet.
+//! Handlers are thin: log, call a typed operation (here or in [`crate::sandbox`]), convert the
+//! error to a ttrpc status with a meaningful code.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use hull_protocol::agent::{check_response::ServingStatus, *};
 use hull_protocol::agent_ttrpc::Agent;
+use hull_protocol::protobuf;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use ttrpc::r#async::TtrpcContext;
+
+use crate::sandbox::{Sandbox, SandboxError};
 
 /// Errors of the agent service's operations.
 #[derive(Debug, Error)]
@@ -57,12 +61,42 @@ pub enum ShutdownAction {
 pub struct AgentService {
     pid1: bool,
     shutdown_tx: mpsc::Sender<ShutdownAction>,
+    sandbox: Option<Arc<Sandbox>>,
+}
+
+fn status(e: SandboxError) -> ttrpc::Error {
+    log::warn!("{e}");
+    ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+}
+
+fn streams(s: &protobuf::MessageField<StdioStreams>) -> [&str; 3] {
+    match s.as_ref() {
+        Some(s) => [s.stdin.as_str(), s.stdout.as_str(), s.stderr.as_str()],
+        None => ["", "", ""],
+    }
 }
 
 impl AgentService {
-    /// A service that sends on `shutdown_tx` when asked to shut down.
-    pub fn new(pid1: bool, shutdown_tx: mpsc::Sender<ShutdownAction>) -> Arc<Self> {
-        Arc::new(AgentService { pid1, shutdown_tx })
+    /// A service that sends on `shutdown_tx` when asked to shut down. Without a sandbox,
+    /// container RPCs answer FAILED_PRECONDITION.
+    pub fn new(
+        pid1: bool,
+        shutdown_tx: mpsc::Sender<ShutdownAction>,
+        sandbox: Option<Arc<Sandbox>>,
+    ) -> Arc<Self> {
+        Arc::new(AgentService {
+            pid1,
+            shutdown_tx,
+            sandbox,
+        })
+    }
+
+    fn sandbox(&self) -> ttrpc::Result<&Arc<Sandbox>> {
+        self.sandbox.as_ref().ok_or_else(|| {
+            status(SandboxError::FailedPrecondition(
+                "this agent runs no containers".into(),
+            ))
+        })
     }
 
     fn do_version(&self) -> Result<VersionResponse, ServiceError> {
@@ -129,6 +163,249 @@ impl Agent for AgentService {
         self.do_shutdown()?;
         Ok(ShutdownResponse::default())
     }
+    async fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        r: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        log::info!(
+            "CreateSandbox hostname={:?} share_tag={:?}",
+            r.hostname,
+            r.share_tag
+        );
+        self.sandbox()?
+            .setup(&r.hostname, &r.resolv_conf, &r.hosts, &r.share_tag)
+            .map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn destroy_sandbox(&self, _: &TtrpcContext, _: Empty) -> ttrpc::Result<Empty> {
+        log::info!("DestroySandbox");
+        self.sandbox()?.destroy().await.map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        r: CreateContainerRequest,
+    ) -> ttrpc::Result<CreateContainerResponse> {
+        log::info!("CreateContainer {} rootfs={:?}", r.container_id, r.rootfs);
+        let pid = self
+            .sandbox()?
+            .create(&r.container_id, &r.spec_json, &r.rootfs, streams(&r.stdio))
+            .await
+            .map_err(status)?;
+        Ok(CreateContainerResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start_container(&self, _: &TtrpcContext, r: ContainerRequest) -> ttrpc::Result<Empty> {
+        log::info!("StartContainer {}", r.container_id);
+        self.sandbox()?
+            .start(&r.container_id)
+            .await
+            .map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        r: ExecProcessRequest,
+    ) -> ttrpc::Result<ExecProcessResponse> {
+        log::info!("ExecProcess {}/{}", r.container_id, r.exec_id);
+        let pid = self
+            .sandbox()?
+            .exec(
+                &r.container_id,
+                &r.exec_id,
+                &r.process_json,
+                streams(&r.stdio),
+            )
+            .await
+            .map_err(status)?;
+        Ok(ExecProcessResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        r: ProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        log::debug!("WaitProcess {}/{}", r.container_id, r.exec_id);
+        let (exit, oom) = self
+            .sandbox()?
+            .wait(&r.container_id, &r.exec_id)
+            .await
+            .map_err(status)?;
+        Ok(WaitProcessResponse {
+            exit_status: exit.status,
+            signal: exit.signal,
+            oom_killed: oom,
+            ..Default::default()
+        })
+    }
+
+    async fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        r: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        log::info!(
+            "SignalProcess {}/{} signal={} all={}",
+            r.container_id,
+            r.exec_id,
+            r.signal,
+            r.all
+        );
+        self.sandbox()?
+            .signal(&r.container_id, &r.exec_id, r.signal, r.all)
+            .await
+            .map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn close_stdin(&self, _: &TtrpcContext, r: ProcessRequest) -> ttrpc::Result<Empty> {
+        log::debug!("CloseStdin {}/{}", r.container_id, r.exec_id);
+        self.sandbox()?
+            .close_stdin(&r.container_id, &r.exec_id)
+            .map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn resize_tty(&self, _: &TtrpcContext, r: ResizeTtyRequest) -> ttrpc::Result<Empty> {
+        log::debug!(
+            "ResizeTty {}/{} {}x{}",
+            r.container_id,
+            r.exec_id,
+            r.cols,
+            r.rows
+        );
+        self.sandbox()?
+            .resize(&r.container_id, &r.exec_id, r.rows, r.cols)
+            .map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        r: ContainerRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
+        let pids = self.sandbox()?.pids(&r.container_id).map_err(status)?;
+        Ok(ListProcessesResponse {
+            pids,
+            ..Default::default()
+        })
+    }
+
+    async fn pause_container(&self, _: &TtrpcContext, r: ContainerRequest) -> ttrpc::Result<Empty> {
+        log::info!("PauseContainer {}", r.container_id);
+        self.sandbox()?
+            .pause(&r.container_id, true)
+            .await
+            .map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        r: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        log::info!("ResumeContainer {}", r.container_id);
+        self.sandbox()?
+            .pause(&r.container_id, false)
+            .await
+            .map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        r: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        log::info!("UpdateContainer {}", r.container_id);
+        self.sandbox()?
+            .update(&r.container_id, &r.resources_json)
+            .map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        r: ContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        let (s, v1, oom_kills) = self.sandbox()?.stats(&r.container_id).map_err(status)?;
+        // libcgroups reports CPU time in ns on cgroup v1 and in µs on v2.
+        let usec = |v: u64| if v1 { v / 1000 } else { v };
+        let sum = |op: &str| -> u64 {
+            s.blkio
+                .service_bytes
+                .iter()
+                .filter(|d| {
+                    d.op_type
+                        .as_deref()
+                        .is_some_and(|t| t.eq_ignore_ascii_case(op))
+                })
+                .map(|d| d.value)
+                .sum()
+        };
+        Ok(StatsContainerResponse {
+            cpu_usage_usec: usec(s.cpu.usage.usage_total),
+            cpu_user_usec: usec(s.cpu.usage.usage_user),
+            cpu_system_usec: usec(s.cpu.usage.usage_kernel),
+            cpu_nr_periods: s.cpu.throttling.periods,
+            cpu_nr_throttled: s.cpu.throttling.throttled_periods,
+            cpu_throttled_usec: usec(s.cpu.throttling.throttled_time),
+            memory_usage_bytes: s.memory.memory.usage,
+            // cgroups report "no limit" as a huge number.
+            memory_limit_bytes: if s.memory.memory.limit >= i64::MAX as u64 / 2 {
+                0
+            } else {
+                s.memory.memory.limit
+            },
+            memory_oom_kill: oom_kills,
+            pids_current: s.pids.current,
+            pids_limit: s.pids.limit,
+            io_read_bytes: sum("read"),
+            io_write_bytes: sum("write"),
+            ..Default::default()
+        })
+    }
+
+    async fn get_oom_event(&self, _: &TtrpcContext, _: Empty) -> ttrpc::Result<OomEvent> {
+        let id = self.sandbox()?.next_oom().await.ok_or_else(|| {
+            status(SandboxError::FailedPrecondition(
+                "the agent is shutting down".into(),
+            ))
+        })?;
+        Ok(OomEvent {
+            container_id: id,
+            ..Default::default()
+        })
+    }
+
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        r: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        log::info!("RemoveContainer {}", r.container_id);
+        self.sandbox()?
+            .remove(&r.container_id)
+            .await
+            .map_err(status)?;
+        Ok(Empty::new())
+    }
 }
 
 #[cfg(test)]
@@ -145,7 +422,7 @@ mod tests {
     #[test]
     fn version_reports_this_kernel_and_protocol() {
         let (tx, _rx) = mpsc::channel(1);
-        let v = AgentService::new(false, tx).do_version().unwrap();
+        let v = AgentService::new(false, tx, None).do_version().unwrap();
         let uts = nix::sys::utsname::uname().unwrap();
         assert_eq!(v.kernel_release, uts.release().to_str().unwrap());
         assert_eq!(v.protocol_major, hull_protocol::PROTOCOL_MAJOR);
@@ -156,7 +433,7 @@ mod tests {
     #[test]
     fn a_second_shutdown_is_a_failed_precondition() {
         let (tx, mut rx) = mpsc::channel(1);
-        let svc = AgentService::new(false, tx);
+        let svc = AgentService::new(false, tx, None);
         svc.do_shutdown().unwrap();
         let err = svc.do_shutdown().unwrap_err();
         assert_eq!(err.code(), ttrpc::Code::FAILED_PRECONDITION);
