@@ -11,6 +11,8 @@ packages=(
     linux-source-6.1         # the guest kernel's source
     build-essential flex bison bc libelf-dev libssl-dev   # to build the guest kernel
     file                     # build-initramfs.sh checks that the agent is static
+    busybox-static           # the rootfs of test containers
+    libseccomp-dev pkg-config   # the agent's seccomp support (libcontainer), linked statically
 )
 missing=()
 for p in "${packages[@]}"; do
