@@ -4,12 +4,28 @@
 #   $HULL_CACHE_DIR/kernel-<hash>/     (default HULL_CACHE_DIR=/var/cache/hull)
 # where <hash> covers every input: the fragments, this script, the source tarball and the
 # compiler. Unchanged inputs mean no rebuild. Prints the artifact directory on stdout.
+#
+# HULL_KERNEL_EXTRA=<dir> (optional) adds <dir>/*.config after kernel/*.config (a later
+# fragment overrides an earlier one) and builds a separate kernel, cached as
+#   $HULL_CACHE_DIR/kernel-<basename dir>-<hash>/
+# The nested test harness uses it for its L1 KVM host kernel (guest-image/l1). Unset, the
+# inputs and the cache key are exactly the guest kernel's.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${HULL_CACHE_DIR:-/var/cache/hull}
 tarball=${HULL_LINUX_TARBALL:-/usr/src/linux-source-6.1.tar.xz}
 jobs=${HULL_JOBS:-$(nproc)}
+extra=${HULL_KERNEL_EXTRA:-}
+fragments=("$here"/kernel/*.config)
+variant=kernel
+if [ -n "$extra" ]; then
+    extra=$(cd "$extra" && pwd)
+    extra_fragments=("$extra"/*.config)
+    [ -f "${extra_fragments[0]}" ] || { echo "build-kernel: no *.config in $extra" >&2; exit 1; }
+    fragments+=("${extra_fragments[@]}")
+    variant="kernel-$(basename "$extra")"
+fi
 
 log() { echo "build-kernel: $*" >&2; }
 
@@ -32,9 +48,14 @@ cfghash=$( {
     echo "src $srcsum"
     gcc --version | head -n1
     for f in "$here"/kernel/*.config; do sha256sum "$f"; done
+    # Extra fragments are named by file name only, so the key does not depend on where
+    # the checkout lives.
+    if [ -n "$extra" ]; then
+        for f in "${extra_fragments[@]}"; do echo "extra $(basename "$f") $(sha256sum <"$f")"; done
+    fi
 } | sed "s#$here/##" | sha256sum | cut -c1-16)
 hash=$( { echo "$cfghash"; sha256sum <"$here/build-kernel.sh"; } | sha256sum | cut -c1-16)
-out="$cache/kernel-$hash"
+out="$cache/$variant-$hash"
 
 if [ -f "$out/.done" ]; then
     log "cached: $out"
@@ -54,17 +75,18 @@ if [ ! -f "$src/.extracted" ]; then
     touch "$src/.extracted"
 fi
 
-build="$cache/kbuild-$cfghash"
+# One build tree per variant and source: a changed fragment rebuilds incrementally in it.
+build="$cache/kbuild-$variant-$srcsum"
 mkdir -p "$build"
-cat "$here"/kernel/*.config >"$build/hull.config"
+cat "${fragments[@]}" >"$build/hull.config"
 log "configuring (allnoconfig + fragments)"
 make -s -C "$src" O="$build" KCONFIG_ALLCONFIG="$build/hull.config" allnoconfig >&2
 
 # Every option a fragment asks for must survive Kconfig's dependency resolution: a
 # silently dropped option would otherwise surface much later as a missing guest feature.
+# Only the last assignment of an option counts (an extra fragment may override one).
 missing=0
 while IFS= read -r line; do
-    case "$line" in ''|'#'*) continue ;; esac
     key=${line%%=*}; val=${line#*=}
     if [ "$val" = n ]; then
         if grep -q "^$key=" "$build/.config"; then log "wanted $key=n, got $(grep "^$key=" "$build/.config")"; missing=1; fi
@@ -72,12 +94,17 @@ while IFS= read -r line; do
         log "wanted $key=$val, got: $(grep -E "^(# )?$key[= ]" "$build/.config" || echo 'not present')"
         missing=1
     fi
-done <"$build/hull.config"
+done < <(grep -vE '^[[:space:]]*(#|$)' "$build/hull.config" | tac | awk -F= '!seen[$1]++' | tac)
 [ "$missing" = 0 ] || { log "kernel config does not match the fragments"; exit 1; }
 
 log "building vmlinux and bzImage with -j$jobs (a cold build takes minutes)"
 start=$(date +%s)
-make -s -C "$src" O="$build" -j"$jobs" vmlinux bzImage usr/gen_init_cpio >"$build/build.log" 2>&1 ||
+# gen_init_cpio is a host program of usr/ (built with vmlinux when BLK_DEV_INITRD=y).
+# It cannot be a make goal of its own: a cold tree has no rule for it ("No rule to make
+# target 'usr/gen_init_cpio'"), so build the usr/ directory if vmlinux did not.
+{ make -s -C "$src" O="$build" -j"$jobs" vmlinux bzImage &&
+  { [ -x "$build/usr/gen_init_cpio" ] || make -s -C "$src" O="$build" usr/; }
+} >"$build/build.log" 2>&1 ||
     { tail -n 40 "$build/build.log" >&2; log "kernel build failed; full log in $build/build.log"; exit 1; }
 log "built in $(( $(date +%s) - start )) s"
 
