@@ -1,11 +1,44 @@
-//! hull-vmm: hull's own KVM microVM monitor on rust-vmm crates.
+//! `hull-vmm`: boots one microVM and exits when the guest ends.
 //!
-//! Not implemented yet: this binary exists so the workspace has its final shape. It refuses
-//! to run rather than pretend; the shim's `auto` backend never selects it.
+//! Exit status: 0 when the guest reset or powered off (how a hull guest ends), 1 when the
+//! VM failed (build error, vCPU error), 2 on invalid arguments. The reason is printed on
+//! stderr; `RUST_LOG=info` adds timings (e.g. time to the first `KVM_RUN`).
 
 use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use hull_vmm::builder;
+use hull_vmm::config::{Cli, VmResources};
 
 fn main() -> ExitCode {
-    eprintln!("hull-vmm: not implemented yet; use the qemu backend");
-    ExitCode::from(2)
+    let started = Instant::now();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let resources = match VmResources::try_from(cli) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hull-vmm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&resources, started) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("hull-vmm: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(resources: &VmResources, started: Instant) -> anyhow::Result<u8> {
+    let vm = builder::build(resources, started)?;
+    let reason = vm.run()?;
+    eprintln!(
+        "hull-vmm: {reason} after {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(reason.exit_code())
 }

@@ -1,0 +1,72 @@
+//! Architecture-specific VM setup behind one small interface.
+//!
+//! Each architecture module provides the same items, re-exported here:
+//! - constants: `MAX_VCPUS`, `CMDLINE_START`, `CMDLINE_MAX_SIZE`;
+//! - `Error`, the architecture's typed error;
+//! - `ram_regions(memory_bytes)`: which guest-physical ranges are RAM;
+//! - `setup_vm(&VmFd)`: interrupt controllers and timers, before vCPUs exist;
+//! - `load_kernel(&mem, &mut File) -> KernelEntry`;
+//! - `initrd_address(&mem, size)`: where the initramfs goes;
+//! - `configure_system(&mem, &BootInfo)`: boot tables (x86_64: PVH start info, e820, MP table);
+//! - `VcpuTemplate` / `vcpu_template(&Kvm)`: what every vCPU is derived from (x86_64: the
+//!   supported CPUID);
+//! - `configure_vcpu(&template, &VcpuFd, index, vcpus, &KernelEntry, &mem)`;
+//! - `register_devices(&VmFd, &mut LegacyDevices)`: where legacy devices sit and their IRQs.
+//!
+//! x86_64 is implemented. aarch64 compiles; each step that is not written yet returns
+//! `Error::NotImplemented` naming it.
+
+use std::sync::{Arc, Mutex};
+
+use vm_memory::GuestAddress;
+
+use crate::devices::i8042::I8042;
+use crate::devices::serial::SerialDevice;
+use crate::devices::Bus;
+
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+#[cfg(target_arch = "aarch64")]
+pub use self::aarch64::*;
+
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+#[cfg(target_arch = "x86_64")]
+pub use self::x86_64::*;
+
+/// What the boot tables describe, besides memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootInfo {
+    /// Guest address of the NUL-terminated kernel command line.
+    pub cmdline_addr: GuestAddress,
+    /// Its size including the NUL.
+    pub cmdline_size: u64,
+    /// Guest address and size of the initramfs, if any.
+    pub initrd: Option<(GuestAddress, u64)>,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+}
+
+/// Where a loaded kernel starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelEntry {
+    /// The entry point (x86_64: the PVH entry).
+    pub entry: GuestAddress,
+    /// First guest address after the kernel image.
+    pub end: GuestAddress,
+}
+
+/// The legacy devices every VM has, to be placed on the buses by the architecture.
+#[derive(Debug)]
+pub struct LegacyDevices<'a> {
+    /// Port I/O bus (x86_64 only; unused elsewhere).
+    pub pio: &'a mut Bus,
+    /// MMIO bus.
+    pub mmio: &'a mut Bus,
+    /// The console UART.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The console UART's interrupt eventfd (registered as an irqfd).
+    pub serial_irq: &'a vmm_sys_util::eventfd::EventFd,
+    /// The reset line.
+    pub i8042: Arc<Mutex<I8042>>,
+}

@@ -1,0 +1,208 @@
+//! Turns [`VmResources`] into a configured [`Vm`]: KVM VM, guest memory, kernel, initramfs,
+//! boot tables, legacy devices and vCPUs, in that order.
+//!
+//! Every step's failure is a [`BuildError`] variant naming the step. Nothing runs guest code
+//! here; [`Vm::run`] does.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_ioctls::Kvm;
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::load_cmdline;
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::{self, BootInfo, LegacyDevices};
+use crate::config::{ConsoleOutput, VmResources};
+use crate::devices::i8042::I8042;
+use crate::devices::serial::{ConsoleWriter, SerialDevice};
+use crate::devices::Bus;
+use crate::memory::{self, MemoryError};
+use crate::vstate::{ExitSignal, Vcpu, Vm};
+
+/// Errors of building a VM.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    /// /dev/kvm could not be opened.
+    #[error("opening /dev/kvm: {0}")]
+    OpenKvm(kvm_ioctls::Error),
+    /// KVM_CREATE_VM failed.
+    #[error("creating the KVM VM: {0}")]
+    CreateVm(kvm_ioctls::Error),
+    /// Architecture-specific setup failed.
+    #[error(transparent)]
+    Arch(#[from] arch::Error),
+    /// Guest memory could not be created or registered.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// An input file could not be opened or read.
+    #[error("reading the {what} {path}: {source}")]
+    ReadInput {
+        /// Which input.
+        what: &'static str,
+        /// Its path.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The initramfs is larger than this host's address space.
+    #[error("an initramfs of {size} bytes cannot be mapped on this host")]
+    InitrdTooLarge {
+        /// Its size.
+        size: u64,
+    },
+    /// The initramfs could not be copied into guest memory.
+    #[error("loading the initramfs into guest memory: {0}")]
+    LoadInitrd(vm_memory::GuestMemoryError),
+    /// The kernel command line could not be placed.
+    #[error("the kernel command line: {0}")]
+    Cmdline(String),
+    /// The console file could not be created.
+    #[error("creating the console file {path}: {source}")]
+    Console {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An eventfd could not be created.
+    #[error("creating an eventfd: {0}")]
+    EventFd(std::io::Error),
+    /// KVM_CREATE_VCPU failed.
+    #[error("creating vCPU {index}: {source}")]
+    CreateVcpu {
+        /// The vCPU.
+        index: u8,
+        /// The underlying error.
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn console_writer(out: &ConsoleOutput) -> Result<ConsoleWriter, BuildError> {
+    Ok(match out {
+        ConsoleOutput::Stdout => Box::new(std::io::stdout()),
+        ConsoleOutput::File(path) => {
+            let f = File::create(path).map_err(|source| BuildError::Console {
+                path: path.clone(),
+                source,
+            })?;
+            // Unbuffered: a crash or kill must not lose the guest's last words.
+            Box::new(f) as Box<dyn Write + Send>
+        }
+    })
+}
+
+fn open(what: &'static str, path: &std::path::Path) -> Result<File, BuildError> {
+    File::open(path).map_err(|source| BuildError::ReadInput {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Builds a VM from `res`. `started` is when hull-vmm started (for timing logs).
+pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
+    let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
+    let vm_fd = kvm.create_vm().map_err(BuildError::CreateVm)?;
+    arch::setup_vm(&vm_fd)?;
+
+    let ram = memory::create(&arch::ram_regions(res.memory_bytes)?)?;
+    memory::register(&vm_fd, &ram.memory)?;
+    let mem = &ram.memory;
+
+    let kernel = arch::load_kernel(mem, &mut open("kernel", &res.kernel)?)?;
+
+    let mut cmdline =
+        Cmdline::new(arch::CMDLINE_MAX_SIZE).map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    cmdline
+        .insert_str(&res.cmdline)
+        .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    let cmdline_addr = GuestAddress(arch::CMDLINE_START);
+    load_cmdline(mem, cmdline_addr, &cmdline).map_err(|e| BuildError::Cmdline(e.to_string()))?;
+
+    let initrd = match &res.initrd {
+        None => None,
+        Some(path) => {
+            let mut f = open("initrd", path)?;
+            let read_err = |source| BuildError::ReadInput {
+                what: "initrd",
+                path: path.clone(),
+                source,
+            };
+            let size = f.metadata().map_err(read_err)?.len();
+            let addr = arch::initrd_address(mem, kernel.end, size)?;
+            let len = usize::try_from(size).map_err(|_| BuildError::InitrdTooLarge { size })?;
+            mem.read_exact_volatile_from(addr, &mut f, len)
+                .map_err(BuildError::LoadInitrd)?;
+            Some((addr, size))
+        }
+    };
+    arch::configure_system(
+        mem,
+        &BootInfo {
+            cmdline_addr,
+            cmdline_size: res.cmdline.len() as u64 + 1,
+            initrd,
+            vcpus: res.vcpus,
+        },
+    )?;
+
+    let exit = Arc::new(ExitSignal::new().map_err(BuildError::EventFd)?);
+    let serial_irq =
+        EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(BuildError::EventFd)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        serial_irq.try_clone().map_err(BuildError::EventFd)?,
+        console_writer(&res.console)?,
+    )));
+    let (mut pio, mut mmio) = (Bus::new(), Bus::new());
+    arch::register_devices(
+        &vm_fd,
+        &mut LegacyDevices {
+            pio: &mut pio,
+            mmio: &mut mmio,
+            serial: serial.clone(),
+            serial_irq: &serial_irq,
+            i8042: Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        },
+    )?;
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+
+    let template = arch::vcpu_template(&kvm, &vm_fd)?;
+    let mut vcpus = Vec::with_capacity(usize::from(res.vcpus));
+    for index in 0..res.vcpus {
+        let fd = vm_fd
+            .create_vcpu(u64::from(index))
+            .map_err(|source| BuildError::CreateVcpu { index, source })?;
+        arch::configure_vcpu(&template, &fd, index, res.vcpus, &kernel, mem)?;
+        vcpus.push(Vcpu::new(
+            index,
+            fd,
+            pio.clone(),
+            mmio.clone(),
+            exit.clone(),
+            started,
+        ));
+    }
+    log::debug!(
+        "built: kernel entry {:#x}, initrd {:?}, {} vCPUs, {} MiB, in {:?}",
+        kernel.entry.0,
+        initrd,
+        res.vcpus,
+        res.memory_bytes >> 20,
+        started.elapsed()
+    );
+    Ok(Vm {
+        vcpus,
+        exit,
+        serial,
+        serial_irq,
+        ram,
+        vm_fd,
+        kvm,
+        started,
+    })
+}

@@ -1,0 +1,21 @@
+//! hull-vmm: hull's KVM microVM monitor on rust-vmm crates.
+//!
+//! The shape follows Firecracker's: the command line is parsed at the edge ([`config`]) into
+//! plain [`config::VmResources`]; the [`builder`] turns resources into a configured
+//! [`vstate::Vm`] (KVM VM, memfd-backed guest memory, kernel, initrd, boot tables, devices,
+//! vCPUs); [`vstate::Vm::run`] runs it until the guest resets or powers off, or a vCPU
+//! fails, and reports why as an [`vstate::ExitReason`].
+//!
+//! Architecture-specific code lives in [`arch`] behind one small set of functions. x86_64 is
+//! implemented (PVH direct boot of `vmlinux`); aarch64 compiles and returns a typed
+//! "not implemented" error until its GIC/FDT/PSCI code is written.
+//!
+//! Not here yet: virtio devices (vsock, fs, net, blk), the control socket, seccomp filters,
+//! bzImage boot. Each is tracked in issue 3.
+
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod devices;
+pub mod memory;
+pub mod vstate;
