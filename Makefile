@@ -8,8 +8,9 @@ export HULL_CACHE_DIR ?= /var/cache/hull
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 PREFIX ?= /usr/local
 IMAGE_ENV := target/guest-image.env
+NESTED_ENV := target/nested.env
 
-.PHONY: all setup guest-image build install demo test lint unit integration clean
+.PHONY: all setup guest-image build install demo test lint unit integration nested clean
 
 all: build
 
@@ -48,7 +49,14 @@ integration: guest-image
 	source $(IMAGE_ENV) && export HULL_KERNEL HULL_INITRD && \
 	cargo test --locked -p hull-tests -- --test-threads=2
 
-test: lint unit integration
+# hull-vmm boots the guest image on a real KVM inside an L1 Linux under QEMU TCG with
+# emulated SVM (tests/nested/README.md). The L1 kernel build is cached like the guest's.
+nested: guest-image
+	./tests/nested/build.sh $(IMAGE_ENV) $(NESTED_ENV)
+	source $(NESTED_ENV) && export HULL_NESTED_KERNEL HULL_NESTED_INITRD && \
+	cargo test --locked -p hull-vmm --test nested -- --ignored --nocapture
+
+test: lint unit integration nested
 
 clean:
 	cargo clean

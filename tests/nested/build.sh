@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the nested harness's L1: a KVM-host kernel (guest fragments + guest-image/l1, cached
+# by build-kernel.sh) and an L1 initramfs holding busybox, init.sh as /init, a static
+# hull-vmm and the L2 guest image. Writes a sourceable env file ($2):
+#   HULL_NESTED_KERNEL=<L1 bzImage>   HULL_NESTED_INITRD=<L1 initramfs>
+# Usage: build.sh GUEST_IMAGE_ENV NESTED_ENV   (GUEST_IMAGE_ENV from guest-image/build.sh)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+image_env=${1:?usage: build.sh GUEST_IMAGE_ENV NESTED_ENV}
+nested_env=${2:?usage: build.sh GUEST_IMAGE_ENV NESTED_ENV}
+log() { echo "nested/build: $*" >&2; }
+
+# shellcheck disable=SC1090
+source "$image_env"
+for f in "$HULL_KERNEL" "$HULL_INITRD"; do
+    [ -f "$f" ] || { log "L2 image file $f missing (run guest-image/build.sh)"; exit 1; }
+done
+
+kdir=$(HULL_KERNEL_EXTRA="$top/guest-image/l1" "$top/guest-image/build-kernel.sh")
+
+cargo build --quiet --release --locked -p hull-vmm --target x86_64-unknown-linux-musl \
+    --manifest-path "$top/Cargo.toml"
+vmm="$top/target/x86_64-unknown-linux-musl/release/hull-vmm"
+
+busybox=${HULL_BUSYBOX:-/bin/busybox}
+if ! file "$busybox" 2>/dev/null | grep -q 'statically linked'; then
+    log "$busybox is not a static busybox (apt-get install busybox-static)"; exit 1
+fi
+
+out="$top/target/nested"
+mkdir -p "$out"
+cat >"$out/l1.list" <<LIST
+dir /dev 0755 0 0
+nod /dev/console 0600 0 0 c 5 1
+dir /proc 0555 0 0
+dir /sys 0555 0 0
+dir /tmp 1777 0 0
+dir /bin 0755 0 0
+dir /l2 0755 0 0
+file /bin/busybox $busybox 0755 0 0
+file /init $here/init.sh 0755 0 0
+file /bin/hull-vmm $vmm 0755 0 0
+file /l2/vmlinux $HULL_KERNEL 0644 0 0
+file /l2/initramfs.cpio $HULL_INITRD 0644 0 0
+LIST
+"$kdir/gen_init_cpio" "$out/l1.list" >"$out/l1-initramfs.cpio.tmp"
+mv "$out/l1-initramfs.cpio.tmp" "$out/l1-initramfs.cpio"
+printf 'HULL_NESTED_KERNEL=%s\nHULL_NESTED_INITRD=%s\n' "$kdir/bzImage" "$out/l1-initramfs.cpio" >"$nested_env"
+log "L1 kernel $(cat "$kdir/release") $kdir/bzImage; initramfs $out/l1-initramfs.cpio ($(stat -c %s "$out/l1-initramfs.cpio") bytes)"

@@ -1,0 +1,85 @@
+#!/bin/busybox sh
+# /init of the nested harness's L1: runs the checks named by hull.checks= on the kernel
+# command line and reports each as one "HULL-NESTED: <check> ok|FAIL ..." line on the
+# serial console, then "HULL-NESTED: done" and powers L1 off. Every L2 run has a timeout.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+
+say() { echo "HULL-NESTED: $*"; }
+# Centiseconds since L1 booted.
+now() { read -r up _ </proc/uptime; echo "${up%.*}${up#*.}" | sed 's/^0*//;s/^$/0/'; }
+ms_since() { echo $(( ($(now) - $1) * 10 )); }
+L2_TIMEOUT=${L2_TIMEOUT:-30}
+L2_CMDLINE="console=ttyS0 reboot=t panic=-1 quiet"
+
+say "l1-up kernel=$(uname -r) uptime_s=$(cut -d' ' -f1 /proc/uptime)"
+
+check_kvm() {
+    if [ -c /dev/kvm ] && grep -qw svm /proc/cpuinfo; then
+        say "kvm ok vendor=$(grep -m1 vendor_id /proc/cpuinfo | cut -d: -f2 | tr -d ' ')"
+    else
+        say "kvm FAIL /dev/kvm=$(ls -l /dev/kvm 2>&1)"
+    fi
+}
+
+# Prints an L2 console / VMM log with a prefix, so it is told apart from L1's output.
+dump() { sed "s/^/$2| /" "$1" 2>/dev/null | tail -n 40; }
+
+# Boots the real guest image; passes when the agent reports its mounts on the console.
+check_agent() {
+    start=$(now)
+    RUST_LOG=info hull-vmm --kernel /l2/vmlinux --initrd /l2/initramfs.cpio \
+        --cmdline "$L2_CMDLINE" --vcpus 1 --memory-mib 256 \
+        --console /tmp/agent.console 2>/tmp/agent.vmm &
+    pid=$!
+    result=FAIL
+    deadline=$(( $(now) + L2_TIMEOUT * 100 ))
+    while [ "$(now)" -lt "$deadline" ]; do
+        if grep -q 'hull-agent: INFO init: [0-9]* filesystems mounted' /tmp/agent.console 2>/dev/null; then
+            result=ok; break
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.02
+    done
+    ms=$(ms_since "$start")
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    say "agent $result ms=$ms line=\"$(grep -m1 'filesystems mounted' /tmp/agent.console | tr -d '\r')\""
+    [ "$result" = ok ] || { dump /tmp/agent.console L2; dump /tmp/agent.vmm VMM; }
+    dump /tmp/agent.vmm VMM | grep 'first KVM_RUN' || true
+}
+
+# A guest that reboots (its init is missing, so the kernel panics and, with panic=-1 and
+# reboot=t, triple-faults): hull-vmm must end by itself with status 0 and say why.
+check_reset() {
+    start=$(now)
+    timeout -s KILL "$L2_TIMEOUT" hull-vmm --kernel /l2/vmlinux --initrd /l2/initramfs.cpio \
+        --cmdline "$L2_CMDLINE rdinit=/no-such-init" --vcpus 2 --memory-mib 256 \
+        --console /tmp/reset.console 2>/tmp/reset.vmm
+    rc=$?
+    ms=$(ms_since "$start")
+    why=$(grep -m1 'hull-vmm: guest' /tmp/reset.vmm)
+    if [ "$rc" = 0 ] && [ -n "$why" ]; then
+        say "reset ok code=$rc ms=$ms why=\"$why\""
+    else
+        say "reset FAIL code=$rc ms=$ms"
+        dump /tmp/reset.console L2; dump /tmp/reset.vmm VMM
+    fi
+}
+
+checks=$(sed -n 's/.*hull\.checks=\([^ ]*\).*/\1/p' /proc/cmdline)
+for c in $(echo "$checks" | tr , ' '); do
+    case "$c" in
+        kvm) check_kvm ;;
+        agent) check_agent ;;
+        reset) check_reset ;;
+        *) say "$c FAIL unknown check" ;;
+    esac
+done
+say "done uptime_s=$(cut -d' ' -f1 /proc/uptime)"
+sync
+reboot -f
+sleep 10

@@ -1,0 +1,121 @@
+//! hull-vmm boots the real guest image on a real KVM: inside the nested harness
+//! (`tests/nested/`), an L1 Linux under QEMU TCG with emulated AMD SVM, whose `/dev/kvm` is
+//! kvm_amd. This machine's own `/dev/kvm` cannot run a Linux guest kernel (DESIGN.md).
+//!
+//! Run by `make nested` (part of `make test`), which builds the L1 kernel (cached), the L1
+//! initramfs (busybox, static hull-vmm, the guest image) and sets `HULL_NESTED_KERNEL` /
+//! `HULL_NESTED_INITRD`. All figures printed here are nested (L2 on KVM on TCG), never native.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Outer bound for one L1 run (L1 itself has a shorter timeout in run-l1.sh).
+const L1_DEADLINE: Duration = Duration::from_secs(150);
+
+struct L1Run {
+    console: String,
+    elapsed: Duration,
+}
+
+impl L1Run {
+    /// The `HULL-NESTED: <check> ...` line of `check`, if L1 reported one.
+    fn result(&self, check: &str) -> Option<&str> {
+        let prefix = format!("HULL-NESTED: {check} ");
+        self.console
+            .lines()
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix))
+    }
+
+    /// Asserts that `check` passed and returns the rest of its line.
+    fn passed(&self, check: &str) -> &str {
+        match self.result(check) {
+            Some(rest) if rest.starts_with("ok") => rest,
+            other => panic!(
+                "nested check {check:?} did not pass ({other:?}); L1 console:\n{}",
+                self.console
+            ),
+        }
+    }
+}
+
+fn env_file(var: &str) -> PathBuf {
+    let p = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        panic!(
+            "{var} is not set: run this test through `make nested` (or `make test`), which \
+             builds the nested harness"
+        )
+    });
+    assert!(p.is_file(), "{var}={} does not exist", p.display());
+    p
+}
+
+/// Boots L1 with `checks` and returns its console once it powered off.
+fn run_l1(checks: &str) -> L1Run {
+    let kernel = env_file("HULL_NESTED_KERNEL");
+    let initrd = env_file("HULL_NESTED_INITRD");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/nested/run-l1.sh");
+    let start = Instant::now();
+    let mut child = Command::new(&script)
+        .args([kernel.as_os_str(), initrd.as_os_str(), checks.as_ref()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", script.display()));
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for L1") {
+            break status;
+        }
+        if start.elapsed() > L1_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "L1 did not finish within {L1_DEADLINE:?}; console:\n{}",
+                reader.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let console = reader.join().expect("console reader");
+    assert!(
+        status.success(),
+        "L1 (QEMU) ended with {status} (124 = run-l1.sh's timeout); console:\n{console}"
+    );
+    L1Run {
+        console,
+        elapsed: start.elapsed(),
+    }
+}
+
+#[test]
+#[ignore = "boots nested KVM under TCG (a few seconds, needs the L1 build): run by `make nested`"]
+fn hull_vmm_boots_the_guest_to_the_agent_and_exits_when_the_guest_resets() {
+    let run = run_l1("kvm,agent,reset");
+    // L1 has a working kvm_amd, or nothing below means anything.
+    run.passed("kvm");
+    // Milestone A: the guest kernel booted under hull-vmm and started hull-agent as PID 1,
+    // which mounted its filesystems.
+    let agent = run.passed("agent");
+    assert!(
+        agent.contains("hull-agent: INFO init: ") && agent.contains("filesystems mounted"),
+        "{agent}"
+    );
+    // A guest that reboots ends hull-vmm by itself, with status 0 and the reason.
+    let reset = run.passed("reset");
+    assert!(reset.contains("code=0"), "{reset}");
+    assert!(reset.contains("guest reset (triple fault"), "{reset}");
+    assert!(run.result("done").is_some(), "L1 did not finish its checks");
+    println!(
+        "nested figures (L2 on kvm_amd inside QEMU TCG, not native):\n  agent: {agent}\n  \
+         reset: {reset}\n  whole L1 run: {:.2} s",
+        run.elapsed.as_secs_f64()
+    );
+}
