@@ -152,6 +152,57 @@ pub fn resolve_in(root: &Path, rel: &str) -> Result<PathBuf, SandboxError> {
     Ok(root.join(p))
 }
 
+/// Creates the process's working directory inside `rootfs` if it is missing, as runc does
+/// (libcontainer only `chdir`s, so a missing cwd fails the container's start). Mode 0755,
+/// owned by root, like runc's. Never follows a symlink: at the first component that is not a
+/// plain directory it stops and leaves the path to the runtime, so nothing is created
+/// outside the rootfs.
+pub fn ensure_cwd(rootfs: &Path, cwd: &Path) -> Result<(), SandboxError> {
+    use nix::errno::Errno;
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    if cwd.as_os_str().is_empty() {
+        return Ok(()); // libcontainer then stays in the root
+    }
+    if !cwd.is_absolute() {
+        return Err(invalid(
+            "spec_json.process.cwd",
+            format!("{} must be an absolute path", cwd.display()),
+        ));
+    }
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_PATH;
+    let mut dir = open(rootfs, flags, Mode::empty())
+        .map_err(|e| io_err(format!("opening {}", rootfs.display()))(e.into()))?;
+    for c in cwd.components() {
+        let name = match c {
+            Component::Normal(n) => n,
+            Component::RootDir | Component::CurDir => continue,
+            // `..` is left to the runtime, which resolves it inside the rootfs.
+            Component::ParentDir | Component::Prefix(_) => return Ok(()),
+        };
+        dir = match openat(&dir, name, flags, Mode::empty()) {
+            Ok(d) => d,
+            Err(Errno::ENOENT) => {
+                match mkdirat(&dir, name, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => {
+                        return Err(io_err(format!("creating the cwd {}", cwd.display()))(
+                            e.into(),
+                        ))
+                    }
+                }
+                match openat(&dir, name, flags, Mode::empty()) {
+                    Ok(d) => d,
+                    Err(_) => return Ok(()),
+                }
+            }
+            // A symlink (ELOOP) or a non-directory: not ours to resolve.
+            Err(_) => return Ok(()),
+        };
+    }
+    Ok(())
+}
+
 /// One process: the container's init or an exec.
 #[derive(Debug)]
 pub struct Process {
@@ -372,6 +423,9 @@ impl Sandbox {
                 "stdio.stderr",
                 "must be empty with a terminal (output goes to stdout)",
             ));
+        }
+        if let Some(p) = spec.process() {
+            ensure_cwd(&rootfs, p.cwd())?;
         }
         let mut root = spec.root().clone().unwrap_or_default();
         root.set_path(rootfs);
@@ -954,6 +1008,33 @@ mod tests {
         for bad in ["", "/etc", "../x", "c1/../../x"] {
             assert!(resolve_in(root, bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_missing_cwd_is_created_inside_the_rootfs_only() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        ensure_cwd(&rootfs, Path::new("/work/here")).unwrap();
+        let made = rootfs.join("work/here");
+        assert!(made.is_dir());
+        assert_eq!(
+            made.metadata().unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+        // Existing directories are fine; a symlink is never followed.
+        ensure_cwd(&rootfs, Path::new("/etc")).unwrap();
+        symlink(&outside, rootfs.join("escape")).unwrap();
+        ensure_cwd(&rootfs, Path::new("/escape/new")).unwrap();
+        assert!(!outside.join("new").exists());
+        ensure_cwd(&rootfs, Path::new("/../x")).unwrap();
+        ensure_cwd(&rootfs, Path::new("")).unwrap();
+        assert!(!dir.path().join("x").exists());
+        let e = ensure_cwd(&rootfs, Path::new("rel")).unwrap_err();
+        assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
     }
 
     #[test]
