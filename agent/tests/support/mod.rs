@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod conformance;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,21 +77,7 @@ impl HostAgent {
 
     /// Builds `<share>/<name>/rootfs` with busybox and its applets.
     pub fn rootfs(&self, name: &str) -> String {
-        let root = self.share.join(name).join("rootfs");
-        for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-        let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-        }
-        std::fs::write(
-            root.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(root.join("etc/group"), "root:x:0:\nnobody:x:65534:\n").unwrap();
+        busybox_rootfs(&self.share.join(name).join("rootfs"));
         format!("{name}/rootfs")
     }
 
@@ -138,6 +126,27 @@ pub fn leftover_cgroups(id: &str) -> Vec<PathBuf> {
         out.push(v2);
     }
     out
+}
+
+/// Builds a rootfs at `root`: a copy of busybox (a copy, not a link: a container may write
+/// to it), a symlink per applet, /etc/passwd and /etc/group.
+pub fn busybox_rootfs(root: &Path) {
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnobody:x:65534:\n").unwrap();
 }
 
 impl Drop for HostAgent {
