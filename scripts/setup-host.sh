@@ -12,6 +12,9 @@ packages=(
     build-essential flex bison bc libelf-dev libssl-dev   # to build the guest kernel
     file                     # build-initramfs.sh checks that the agent is static
     busybox-static           # the rootfs of test containers
+    runc                     # the reference runtime of the conformance tests
+    containerd               # the containerd tests and the demo run a private instance
+    libcap-ng-dev            # to build virtiofsd (the pod share of the QEMU backend)
     libseccomp-dev pkg-config   # the agent's seccomp support (libcontainer), linked statically
 )
 missing=()
@@ -36,6 +39,12 @@ vsock_version=0.3.0
 if ! vhost-device-vsock --version 2>/dev/null | grep -q " $vsock_version"; then
     log "installing vhost-device-vsock $vsock_version from crates.io"
     cargo install --locked --quiet vhost-device-vsock@"$vsock_version" >&2
+fi
+# virtiofsd 1.14: the virtio-fs daemon of the QEMU backend (one per VM with a pod share).
+virtiofsd_version=1.14.0
+if ! virtiofsd --version 2>/dev/null | grep -q " $virtiofsd_version"; then
+    log "installing virtiofsd $virtiofsd_version from crates.io"
+    cargo install --locked --quiet virtiofsd@"$virtiofsd_version" >&2
 fi
 command -v vhost-device-vsock >/dev/null || {
     log "vhost-device-vsock is not in PATH (add ~/.cargo/bin)"; exit 1; }
