@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hull_protocol::agent::*;
 use hull_protocol::agent_ttrpc::AgentClient;
-use hull_protocol::{AGENT_VSOCK_PORT, PROTOCOL_MAJOR};
+use hull_protocol::{AGENT_VSOCK_PORT, PROTOCOL_MAJOR, STDIO_VSOCK_PORT};
 use thiserror::Error;
 
 use crate::vsock::{self, VsockError};
@@ -46,6 +46,7 @@ pub enum AgentError {
 pub struct Agent {
     client: AgentClient,
     timeout: Duration,
+    uds: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Agent {
@@ -65,7 +66,29 @@ impl Agent {
         Ok(Agent {
             client: AgentClient::new(client),
             timeout,
+            uds: uds.to_path_buf(),
         })
+    }
+
+    /// The generated client and a context with this connection's deadline, for RPCs that
+    /// have no typed wrapper here.
+    pub fn raw(&self) -> (&AgentClient, ttrpc::context::Context) {
+        (&self.client, self.ctx())
+    }
+
+    /// Opens the stdio stream `id` to the agent (a new vsock connection to
+    /// [`STDIO_VSOCK_PORT`] that starts with `STREAM <id>\n`). Name it in the request that
+    /// uses it afterwards.
+    pub async fn open_stream(&self, id: &str) -> Result<tokio::net::UnixStream, AgentError> {
+        use tokio::io::AsyncWriteExt;
+        let mut s = vsock::connect(&self.uds, STDIO_VSOCK_PORT, self.timeout).await?;
+        s.write_all(format!("STREAM {id}\n").as_bytes())
+            .await
+            .map_err(|source| VsockError::Io {
+                port: STDIO_VSOCK_PORT,
+                source,
+            })?;
+        Ok(s)
     }
 
     fn ctx(&self) -> ttrpc::context::Context {

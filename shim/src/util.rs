@@ -1,6 +1,53 @@
 //! Small helpers shared by the host-side modules.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Mount points at or below `dir`, deepest first, from a mountinfo text.
+pub fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Lazily unmounts everything mounted at or below `dir` (deepest first). Errors are logged.
+pub fn unmount_all_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for m in mounts_under(&info, dir) {
+        if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
+            log::warn!("unmounting {}: {e}", m.display());
+        }
+    }
+}
 
 /// The last 64 KiB of a file as text; bytes that are not UTF-8 are replaced.
 fn read_tail(path: &Path) -> std::io::Result<String> {
@@ -44,6 +91,24 @@ pub fn first_line_containing(path: &Path, needle: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_under_a_dir_are_listed_deepest_first() {
+        let info = "22 1 0:21 / /run rw - tmpfs tmpfs rw\n\
+                    30 22 0:40 / /run/hull/p1/share/c1/rootfs rw - overlay overlay rw\n\
+                    31 22 0:41 / /run/hull/p1/share rw - tmpfs t rw\n\
+                    32 22 0:42 / /run/hull/p10 rw - tmpfs t rw\n\
+                    33 22 0:43 / /run/hull/p1/with\\040space rw - tmpfs t rw\n";
+        let m = mounts_under(info, Path::new("/run/hull/p1"));
+        assert_eq!(
+            m,
+            vec![
+                PathBuf::from("/run/hull/p1/share/c1/rootfs"),
+                PathBuf::from("/run/hull/p1/share"),
+                PathBuf::from("/run/hull/p1/with space"),
+            ]
+        );
+    }
 
     #[test]
     fn first_line_containing_finds_the_earliest_match() {

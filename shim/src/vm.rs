@@ -47,6 +47,8 @@ pub struct VmConfig {
     pub rpc_timeout: Duration,
     /// Parent of the VMs' state directories (`/run/hull`).
     pub state_root: PathBuf,
+    /// Export `<state dir>/share` to the guest as the virtio-fs pod share.
+    pub share: bool,
 }
 
 impl VmConfig {
@@ -61,6 +63,7 @@ impl VmConfig {
             boot_timeout: Duration::from_secs(30),
             rpc_timeout: Duration::from_secs(10),
             state_root: PathBuf::from(crate::DEFAULT_STATE_ROOT),
+            share: false,
         }
     }
 
@@ -227,6 +230,9 @@ impl StateDir {
 
 impl Drop for StateDir {
     fn drop(&mut self) {
+        // Whatever is still mounted below (container rootfs in the share) is detached first:
+        // removing the directory must never descend into a mounted filesystem.
+        crate::util::unmount_all_under(&self.0);
         if let Err(e) = std::fs::remove_dir_all(&self.0) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 log::warn!("removing {}: {e}", self.0.display());
@@ -267,6 +273,16 @@ impl Vm {
         validate_id(id)?;
         cfg.validate()?;
         let state = StateDir::create(cfg.state_root.join(id))?;
+        let share_dir = if cfg.share {
+            let d = state.0.join("share");
+            std::fs::create_dir(&d).map_err(|source| VmError::StateDir {
+                path: d.clone(),
+                source,
+            })?;
+            Some(d)
+        } else {
+            None
+        };
         let spec = LaunchSpec {
             id: id.to_string(),
             state_dir: state.0.clone(),
@@ -277,6 +293,7 @@ impl Vm {
             memory_mib: cfg.memory_mib,
             vsock_uds: state.0.join("vsock.sock"),
             console_log: state.0.join("console.log"),
+            share_dir,
         };
         let ready = vsock::listen(&spec.vsock_uds, READY_VSOCK_PORT)?;
         let start = Instant::now();
@@ -286,6 +303,11 @@ impl Vm {
             hypervisor.name(),
             procs.pids()
         );
+        // For cleanup_dead(), should the process that owns this VM die without stopping it.
+        if let Err(e) = write_pids(&state.0, &procs.pids()) {
+            procs.terminate().await;
+            return Err(e);
+        }
 
         let connected = async {
             let agent_version = wait_ready(procs.as_mut(), &ready, &spec, cfg.boot_timeout).await?;
@@ -337,6 +359,12 @@ impl Vm {
     /// The VM's state directory.
     pub fn state_dir(&self) -> &Path {
         &self.state.0
+    }
+
+    /// The host side of the pod share, if the VM has one.
+    pub fn share_dir(&self) -> Option<PathBuf> {
+        let d = self.state.0.join("share");
+        d.is_dir().then_some(d)
     }
 
     /// The guest console log.
@@ -398,6 +426,39 @@ fn console_summary(console_log: &Path) -> String {
     match first_line_containing(console_log, "Kernel panic") {
         Some(panic) if !tail.contains(&panic) => format!("{panic} ... {tail}"),
         _ => tail,
+    }
+}
+
+/// The file in a state directory that lists the VM's host pids.
+const PIDS_FILE: &str = "pids";
+
+fn write_pids(state_dir: &Path, pids: &[u32]) -> Result<(), VmError> {
+    let text: String = pids.iter().map(|p| format!("{p}\n")).collect();
+    let path = state_dir.join(PIDS_FILE);
+    std::fs::write(&path, text).map_err(|source| VmError::StateDir { path, source })
+}
+
+/// Cleans up after a VM whose owner died: kills the processes its pid file names (only
+/// those whose command line still mentions the state directory, so a recycled pid is never
+/// hit), unmounts everything below the directory and removes it. Idempotent.
+pub fn cleanup_dead(state_dir: &Path) {
+    let needle = state_dir.as_os_str().as_encoded_bytes();
+    if let Ok(text) = std::fs::read_to_string(state_dir.join(PIDS_FILE)) {
+        for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.windows(needle.len()).any(|w| w == needle) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    crate::util::unmount_all_under(state_dir);
+    if let Err(e) = std::fs::remove_dir_all(state_dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("removing {}: {e}", state_dir.display());
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub struct LaunchSpec {
     pub vsock_uds: PathBuf,
     /// Where the guest's serial console output goes.
     pub console_log: PathBuf,
+    /// A host directory to export to the guest as the virtio-fs pod share, if any.
+    pub share_dir: Option<PathBuf>,
 }
 
 /// Errors of starting or stopping a VM's processes.

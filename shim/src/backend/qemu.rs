@@ -52,6 +52,10 @@ impl std::str::FromStr for Accel {
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 /// Default vhost-user vsock daemon.
 pub const DEFAULT_VSOCK_DAEMON: &str = "vhost-device-vsock";
+/// Default virtio-fs daemon.
+pub const DEFAULT_VIRTIOFSD: &str = "virtiofsd";
+/// The virtio-fs tag of the pod share; the agent mounts it (`CreateSandbox.share_tag`).
+pub const SHARE_TAG: &str = "hull-share";
 /// The guest's vsock CID. Each VM has its own vsock device, so every guest can use the
 /// same CID.
 pub const GUEST_CID: u32 = 3;
@@ -65,6 +69,8 @@ pub struct Qemu {
     pub binary: PathBuf,
     /// `vhost-device-vsock` (a name is looked up in PATH).
     pub vsock_daemon: PathBuf,
+    /// `virtiofsd` (a name is looked up in PATH), for VMs with a share.
+    pub virtiofsd: PathBuf,
     /// The accelerator.
     pub accel: Accel,
 }
@@ -75,6 +81,7 @@ impl Qemu {
         Qemu {
             binary: DEFAULT_QEMU.into(),
             vsock_daemon: DEFAULT_VSOCK_DAEMON.into(),
+            virtiofsd: DEFAULT_VIRTIOFSD.into(),
             accel,
         }
     }
@@ -83,6 +90,11 @@ impl Qemu {
 /// The vhost-user control socket between QEMU and vhost-device-vsock.
 fn vhost_vsock_socket(spec: &LaunchSpec) -> PathBuf {
     spec.state_dir.join("vhost-vsock.sock")
+}
+
+/// The vhost-user control socket between QEMU and virtiofsd.
+fn virtiofs_socket(spec: &LaunchSpec) -> PathBuf {
+    spec.state_dir.join("virtiofs.sock")
 }
 
 /// QEMU's command line for `spec` (without the binary).
@@ -135,7 +147,34 @@ pub fn qemu_args(spec: &LaunchSpec, accel: Accel) -> Vec<String> {
         ),
     ]);
     push(&["-device", "vhost-user-vsock-device,chardev=vsock"]);
+    if spec.share_dir.is_some() {
+        push(&[
+            "-chardev",
+            &format!("socket,id=fs,path={}", virtiofs_socket(spec).display()),
+        ]);
+        push(&[
+            "-device",
+            &format!("vhost-user-fs-device,chardev=fs,tag={SHARE_TAG}"),
+        ]);
+    }
     a
+}
+
+/// virtiofsd's command line for a VM with a share.
+pub fn virtiofsd_args(spec: &LaunchSpec, share: &Path) -> Vec<String> {
+    vec![
+        "--socket-path".into(),
+        virtiofs_socket(spec).display().to_string(),
+        "--shared-dir".into(),
+        share.display().to_string(),
+        // chroot rather than a mount namespace: container rootfs are mounted into the share
+        // after the VM started, and must show up in the guest.
+        "--sandbox".into(),
+        "chroot".into(),
+        "--cache".into(),
+        "auto".into(),
+        "--announce-submounts".into(),
+    ]
 }
 
 /// vhost-device-vsock's command line for `spec`.
@@ -179,79 +218,133 @@ impl Hypervisor for Qemu {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn VmProcesses>, BackendError> {
-        let daemon_log = spec.state_dir.join("vhost-device-vsock.log");
-        let mut daemon = spawn_logged(&self.vsock_daemon, &vsock_daemon_args(spec), &daemon_log)?;
+        // Helpers first: QEMU needs their vhost-user sockets to exist when it starts.
+        let mut helpers = vec![
+            Helper::start(
+                &self.vsock_daemon,
+                &vsock_daemon_args(spec),
+                &spec.state_dir.join("vhost-device-vsock.log"),
+                &vhost_vsock_socket(spec),
+            )
+            .await?,
+        ];
+        if let Some(share) = &spec.share_dir {
+            match Helper::start(
+                &self.virtiofsd,
+                &virtiofsd_args(spec, share),
+                &spec.state_dir.join("virtiofsd.log"),
+                &virtiofs_socket(spec),
+            )
+            .await
+            {
+                Ok(h) => helpers.push(h),
+                Err(e) => {
+                    terminate_all(&mut helpers).await;
+                    return Err(e);
+                }
+            }
+        }
+        let qemu = match Helper::spawn(
+            &self.binary,
+            &qemu_args(spec, self.accel),
+            &spec.state_dir.join("qemu.log"),
+        ) {
+            Ok(q) => q,
+            Err(e) => {
+                terminate_all(&mut helpers).await;
+                return Err(e);
+            }
+        };
+        log::debug!(
+            "{}: qemu pid {:?}, helper pids {:?}",
+            spec.id,
+            qemu.child.id(),
+            helpers.iter().map(|h| h.child.id()).collect::<Vec<_>>()
+        );
+        Ok(Box::new(QemuVm {
+            qemu,
+            qemu_status: None,
+            helpers,
+        }))
+    }
+}
 
-        // QEMU needs the vhost-user socket to exist before it starts.
-        let sock = vhost_vsock_socket(spec);
+/// A host process of a VM, with its log.
+#[derive(Debug)]
+struct Helper {
+    program: PathBuf,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Helper {
+    fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Helper, BackendError> {
+        let child = spawn_logged(program, args, log)?;
+        Ok(Helper {
+            program: program.to_path_buf(),
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Starts a vhost-user daemon and waits until it created `socket`.
+    async fn start(
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        socket: &Path,
+    ) -> Result<Helper, BackendError> {
+        let mut h = Helper::spawn(program, args, log)?;
         let start = Instant::now();
-        while !sock.exists() {
-            let failed = match daemon.try_wait() {
+        while !socket.exists() {
+            let failed = match h.child.try_wait() {
                 Ok(Some(status)) => Some(format!("exited with {status}")),
                 Ok(None) if start.elapsed() > HELPER_START_TIMEOUT => Some(format!(
                     "no socket {} after {HELPER_START_TIMEOUT:?}",
-                    sock.display()
+                    socket.display()
                 )),
                 Ok(None) => None,
                 Err(e) => Some(format!("waiting for it: {e}")),
             };
             if let Some(reason) = failed {
-                let _ = daemon.start_kill();
-                let _ = daemon.wait().await;
+                h.terminate().await;
                 return Err(BackendError::HelperFailed {
-                    program: self.vsock_daemon.clone(),
-                    reason: format!("{reason}; log: {}", tail_of_file(&daemon_log, 10)),
+                    program: program.to_path_buf(),
+                    reason: format!("{reason}; log: {}", tail_of_file(log, 10)),
                 });
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        Ok(h)
+    }
 
-        let qemu_log = spec.state_dir.join("qemu.log");
-        let qemu = match spawn_logged(&self.binary, &qemu_args(spec, self.accel), &qemu_log) {
-            Ok(q) => q,
-            Err(e) => {
-                let _ = daemon.start_kill();
-                let _ = daemon.wait().await;
-                return Err(e);
-            }
-        };
-        log::debug!(
-            "{}: qemu pid {:?}, vhost-device-vsock pid {:?}",
-            spec.id,
-            qemu.id(),
-            daemon.id()
-        );
-        Ok(Box::new(QemuVm {
-            program: self.binary.clone(),
-            qemu,
-            qemu_status: None,
-            daemon,
-            qemu_log,
-            daemon_log,
-        }))
+    async fn terminate(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.start_kill();
+        }
+        let _ = self.child.wait().await;
+    }
+
+    fn name(&self) -> String {
+        self.program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+async fn terminate_all(helpers: &mut [Helper]) {
+    for h in helpers {
+        h.terminate().await;
     }
 }
 
 /// The processes of one QEMU VM.
 #[derive(Debug)]
 pub struct QemuVm {
-    program: PathBuf,
-    qemu: Child,
+    qemu: Helper,
     qemu_status: Option<ExitStatus>,
-    daemon: Child,
-    qemu_log: PathBuf,
-    daemon_log: PathBuf,
-}
-
-impl QemuVm {
-    /// The tails of QEMU's and the vsock daemon's logs, for error messages.
-    pub fn logs(&self) -> String {
-        format!(
-            "qemu: {} | vhost-device-vsock: {}",
-            tail_of_file(&self.qemu_log, 10),
-            tail_of_file(&self.daemon_log, 5)
-        )
-    }
+    helpers: Vec<Helper>,
 }
 
 #[async_trait]
@@ -262,10 +355,11 @@ impl VmProcesses for QemuVm {
         }
         let status = self
             .qemu
+            .child
             .wait()
             .await
             .map_err(|source| BackendError::Wait {
-                program: self.program.clone(),
+                program: self.qemu.program.clone(),
                 source,
             })?;
         self.qemu_status = Some(status);
@@ -273,23 +367,24 @@ impl VmProcesses for QemuVm {
     }
 
     async fn terminate(&mut self) {
-        for child in [&mut self.qemu, &mut self.daemon] {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.start_kill();
-            }
-            let _ = child.wait().await;
-        }
+        // QEMU first: vhost-user daemons notice the disconnect.
+        self.qemu.terminate().await;
+        terminate_all(&mut self.helpers).await;
     }
 
     fn pids(&self) -> Vec<u32> {
-        [self.qemu.id(), self.daemon.id()]
-            .into_iter()
-            .flatten()
+        std::iter::once(&self.qemu)
+            .chain(&self.helpers)
+            .filter_map(|h| h.child.id())
             .collect()
     }
 
     fn diagnostics(&self) -> String {
-        self.logs()
+        std::iter::once((&self.qemu, 10))
+            .chain(self.helpers.iter().map(|h| (h, 5)))
+            .map(|(h, n)| format!("{}: {}", h.name(), tail_of_file(&h.log, n)))
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 }
 
@@ -308,6 +403,7 @@ mod tests {
             memory_mib: 256,
             vsock_uds: "/run/hull/t1/vsock.sock".into(),
             console_log: "/run/hull/t1/console.log".into(),
+            share_dir: None,
         }
     }
 
@@ -356,6 +452,24 @@ mod tests {
         assert_eq!(value_of(&a, "-kernel"), ["/k/vmlinux"]);
         assert_eq!(value_of(&a, "-initrd"), ["/k/initramfs.cpio"]);
         assert_eq!(value_of(&a, "-append"), ["console=ttyS0 quiet"]);
+    }
+
+    #[test]
+    fn a_share_adds_a_virtio_fs_device_served_by_virtiofsd() {
+        assert!(!qemu_args(&spec(), Accel::Tcg)
+            .iter()
+            .any(|a| a.contains("vhost-user-fs")));
+        let mut s = spec();
+        s.share_dir = Some("/run/hull/t1/share".into());
+        let a = qemu_args(&s, Accel::Tcg);
+        assert!(value_of(&a, "-device").contains(&"vhost-user-fs-device,chardev=fs,tag=hull-share"));
+        assert!(value_of(&a, "-chardev").contains(&"socket,id=fs,path=/run/hull/t1/virtiofs.sock"));
+        let v = virtiofsd_args(&s, Path::new("/run/hull/t1/share"));
+        assert_eq!(value_of(&v, "--shared-dir"), ["/run/hull/t1/share"]);
+        assert_eq!(
+            value_of(&v, "--socket-path"),
+            ["/run/hull/t1/virtiofs.sock"]
+        );
     }
 
     #[test]
