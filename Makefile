@@ -46,8 +46,10 @@ unit: setup
 	cargo test --locked --workspace --exclude hull-tests
 
 integration: guest-image
-	source $(IMAGE_ENV) && export HULL_KERNEL HULL_INITRD && \
-	cargo test --locked -p hull-tests -- --test-threads=2
+	cargo build --locked -p hull-shim
+	source $(IMAGE_ENV) && export HULL_KERNEL HULL_INITRD HULL_SHIM_DIR=$(CURDIR)/target/debug && \
+	cargo test --locked -p hull-tests --test boot --test containers_vm -- --test-threads=2 && \
+	cargo test --locked -p hull-tests --test containerd -- --test-threads=1
 
 # hull-vmm boots the guest image on a real KVM inside an L1 Linux under QEMU TCG with
 # emulated SVM (tests/nested/README.md). The L1 kernel build is cached like the guest's.

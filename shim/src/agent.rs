@@ -76,6 +76,12 @@ impl Agent {
         (&self.client, self.ctx())
     }
 
+    /// Like [`Agent::raw`], consuming the agent (for handlers that own a clone).
+    pub fn raw_owned(self) -> (AgentClient, ttrpc::context::Context) {
+        let ctx = self.ctx();
+        (self.client, ctx)
+    }
+
     /// Opens the stdio stream `id` to the agent (a new vsock connection to
     /// [`STDIO_VSOCK_PORT`] that starts with `STREAM <id>\n`). Name it in the request that
     /// uses it afterwards.

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod check;
 pub mod image;
 pub mod kvm_probe;
+pub mod task;
 pub mod util;
 pub mod vm;
 pub mod vsock;

@@ -52,6 +52,161 @@ pub fn vm_config(state_root: &Path) -> VmConfig {
     c
 }
 
+/// Debian's busybox-static: the only binary of test container rootfs.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// Builds a busybox root filesystem at `root` (bin/ with every applet, /etc/passwd, the
+/// usual empty mount points).
+pub fn busybox_rootfs(root: &Path) {
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} missing: apt-get install busybox-static"
+    );
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    let list = std::process::Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// The directory holding `containerd-shim-hull-v2` (`HULL_SHIM_DIR`, else the workspace's
+/// debug build). Panics with instructions if the binary is missing.
+pub fn shim_dir() -> PathBuf {
+    let dir = std::env::var_os("HULL_SHIM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/debug"));
+    assert!(
+        dir.join("containerd-shim-hull-v2").is_file(),
+        "{}/containerd-shim-hull-v2 missing: `cargo build -p hull-shim` (make test does)",
+        dir.display()
+    );
+    dir
+}
+
+/// A private containerd (scripts/containerd-private.sh) with the hull runtime in its PATH
+/// and the test busybox image imported. Stopped and removed on drop.
+#[derive(Debug)]
+pub struct Containerd {
+    /// Its directory (config, root, state, sockets, log).
+    pub dir: tempfile::TempDir,
+    /// The namespace tests use.
+    pub namespace: &'static str,
+}
+
+/// The image the tests run.
+pub const TEST_IMAGE: &str = "docker.io/hull/busybox:latest";
+
+impl Containerd {
+    /// Starts one; `env` is added to containerd's (and so the shims') environment.
+    pub fn start(env: &[(&str, &str)]) -> Containerd {
+        assert!(nix_is_root(), "containerd tests need root");
+        let dir = tempfile::Builder::new()
+            .prefix("hull-ctrd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let script = workspace().join("scripts/containerd-private.sh");
+        let st = std::process::Command::new(&script)
+            .arg("start")
+            .arg(dir.path())
+            .arg(shim_dir())
+            .envs(env.iter().copied())
+            .status()
+            .unwrap();
+        assert!(st.success(), "starting the private containerd failed");
+        let c = Containerd {
+            dir,
+            namespace: "hull-test",
+        };
+        let image = c.dir.path().join("busybox.tar");
+        let st =
+            std::process::Command::new(workspace().join("tests/images/build-busybox-image.py"))
+                .arg(&image)
+                .arg(TEST_IMAGE)
+                .status()
+                .unwrap();
+        assert!(st.success(), "building the busybox image failed");
+        let out = c.ctr(&["images", "import", image.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c
+    }
+
+    /// Runs `ctr` against this containerd.
+    pub fn ctr(&self, args: &[&str]) -> std::process::Output {
+        self.ctr_with_stdin(args, b"")
+    }
+
+    /// Runs `ctr` with `stdin` piped in.
+    pub fn ctr_with_stdin(&self, args: &[&str], stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new("ctr")
+            .arg("-a")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(["-n", self.namespace])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin).unwrap();
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    /// `ctr run --runtime io.containerd.hull.v2 --rm IMAGE ID ARGS...`.
+    pub fn run(&self, id: &str, args: &[&str]) -> std::process::Output {
+        let mut a = vec![
+            "run",
+            "--runtime",
+            "io.containerd.hull.v2",
+            "--rm",
+            TEST_IMAGE,
+            id,
+        ];
+        a.extend_from_slice(args);
+        self.ctr(&a)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(workspace().join("scripts/containerd-private.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 /// Pids of live (non-zombie) processes whose command line mentions `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     let mut found = Vec::new();

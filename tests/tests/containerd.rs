@@ -1,0 +1,272 @@
+//! containerd drives hull like runc: `ctr run --runtime io.containerd.hull.v2` against a
+//! private containerd (Debian's 1.6), one VM per pod, nothing left behind.
+//!
+//! Run with one test thread (the Makefile does): the leak test counts hull's footprint on
+//! the whole host.
+
+use hull_tests::{image_kernel_release, processes_mentioning, Containerd};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn image_env() -> Vec<(String, String)> {
+    let image = hull_tests::guest_image();
+    vec![
+        ("HULL_KERNEL".into(), image.kernel.display().to_string()),
+        ("HULL_INITRD".into(), image.initrd.display().to_string()),
+    ]
+}
+
+fn start() -> Containerd {
+    let env = image_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Containerd::start(&env)
+}
+
+/// Nothing of pod `id` survives: no state directory, no process mentioning it.
+fn assert_pod_gone(id: &str) {
+    let dir = format!("/run/hull/{id}");
+    assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
+    let procs = processes_mentioning(&format!("{dir}/"));
+    assert!(procs.is_empty(), "processes of {id} left: {procs:?}");
+}
+
+#[test]
+fn ctr_run_runs_on_the_guest_kernel_with_stdio_and_exit_codes() {
+    let c = start();
+    let out = c.run("hull-t-uname", &["uname", "-r"]);
+    assert!(
+        out.status.success(),
+        "ctr run failed: {}",
+        text(&out.stderr)
+    );
+    let release = image_kernel_release(&hull_tests::guest_image());
+    assert_eq!(
+        text(&out.stdout).trim(),
+        release,
+        "ran under the guest kernel"
+    );
+
+    let out = c.run(
+        "hull-t-exit",
+        &["sh", "-c", "echo out; echo err >&2; exit 7"],
+    );
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+
+    let out = c.ctr_with_stdin(
+        &[
+            "run",
+            "--runtime",
+            "io.containerd.hull.v2",
+            "--rm",
+            hull_tests::TEST_IMAGE,
+            "hull-t-stdin",
+            "tr",
+            "a-z",
+            "A-Z",
+        ],
+        b"piped through the vm\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "PIPED THROUGH THE VM\n");
+
+    for id in ["hull-t-uname", "hull-t-exit", "hull-t-stdin"] {
+        assert_pod_gone(id);
+    }
+}
+
+#[test]
+fn exec_kill_and_delete_of_a_detached_task() {
+    let c = start();
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.hull.v2",
+        hull_tests::TEST_IMAGE,
+        "hull-t-detach",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "hull-t-detach",
+        "sh",
+        "-c",
+        "echo from exec; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from exec\n");
+
+    let out = c.ctr(&["task", "ps", "hull-t-detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = c.ctr(&["task", "kill", "-s", "SIGKILL", "hull-t-detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // `task rm` waits for nothing: poll until the task reports stopped.
+    let mut stopped = false;
+    for _ in 0..100 {
+        let out = c.ctr(&["task", "ls"]);
+        if text(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("hull-t-detach") && l.contains("STOPPED"))
+        {
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        stopped,
+        "the task never stopped: {}",
+        text(&c.ctr(&["task", "ls"]).stdout)
+    );
+    let out = c.ctr(&["task", "rm", "hull-t-detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = c.ctr(&["container", "rm", "hull-t-detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_pod_gone("hull-t-detach");
+}
+
+#[test]
+fn two_containers_of_one_sandbox_share_one_vm() {
+    let c = start();
+    let pod = "io.kubernetes.cri.sandbox-id=hull-t-pod";
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--annotation",
+        pod,
+        "--runtime",
+        "io.containerd.hull.v2",
+        hull_tests::TEST_IMAGE,
+        "hull-t-pod",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "b",
+        "hull-t-pod",
+        "cat",
+        "/proc/sys/kernel/random/boot_id",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let boot_first = text(&out.stdout);
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--annotation",
+        pod,
+        "--runtime",
+        "io.containerd.hull.v2",
+        hull_tests::TEST_IMAGE,
+        "hull-t-pod-2",
+        "cat",
+        "/proc/sys/kernel/random/boot_id",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        boot_first,
+        "the second container must run in the first one's VM"
+    );
+    let qemus = processes_mentioning("/run/hull/hull-t-pod/");
+    assert!(
+        !qemus.is_empty(),
+        "the pod VM should still run for its first container"
+    );
+
+    assert!(c
+        .ctr(&["task", "kill", "-s", "SIGKILL", "hull-t-pod"])
+        .status
+        .success());
+    for _ in 0..100 {
+        if text(&c.ctr(&["task", "ls"]).stdout)
+            .lines()
+            .any(|l| l.starts_with("hull-t-pod ") && l.contains("STOPPED"))
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(c.ctr(&["task", "rm", "hull-t-pod"]).status.success());
+    assert!(c.ctr(&["container", "rm", "hull-t-pod"]).status.success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_pod_gone("hull-t-pod");
+}
+
+#[test]
+fn a_missing_kernel_fails_the_create_naming_it_and_leaves_nothing() {
+    let c = Containerd::start(&[
+        ("HULL_KERNEL", "/nonexistent/vmlinux"),
+        ("HULL_INITRD", "/nonexistent/initrd"),
+    ]);
+    let out = c.run("hull-t-nokernel", &["true"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/vmlinux"),
+        "the error should name the missing kernel: {err}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_pod_gone("hull-t-nokernel");
+}
+
+/// Everything hull could leave on the host: shim and VM processes, pod state, mounts below
+/// /run/hull, shim sockets.
+fn hull_footprint() -> (usize, usize, usize, usize) {
+    let procs = processes_mentioning("containerd-shim-hull-v2").len()
+        + processes_mentioning("/run/hull/").len();
+    let state = std::fs::read_dir("/run/hull")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" /run/hull/"))
+        .count();
+    let sockets = std::fs::read_dir("/run/containerd/s")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    (procs, state, mounts, sockets)
+}
+
+#[test]
+fn fifty_sequential_runs_leave_no_process_mount_socket_or_state() {
+    // Counts are global: the Makefile runs this binary with one test thread.
+    let c = start();
+    let before = hull_footprint();
+    for n in 0..50 {
+        let id = format!("hull-t-seq-{n}");
+        let out = c.run(&id, &["true"]);
+        assert!(out.status.success(), "run {n}: {}", text(&out.stderr));
+    }
+    // The last shim exits right after containerd's Shutdown; give it a moment.
+    let mut after = hull_footprint();
+    for _ in 0..50 {
+        if after == before {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        after = hull_footprint();
+    }
+    assert_eq!(
+        after, before,
+        "(processes, state dirs, mounts, shim sockets) before vs after 50 runs"
+    );
+    for n in 0..50 {
+        assert_pod_gone(&format!("hull-t-seq-{n}"));
+    }
+}
