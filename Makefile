@@ -25,6 +25,7 @@ build: setup
 
 install: build guest-image
 	install -D -m 0755 target/release/hull $(PREFIX)/bin/hull
+	install -D -m 0755 target/release/containerd-shim-hull-v2 $(PREFIX)/bin/containerd-shim-hull-v2
 	source $(IMAGE_ENV) && \
 	install -D -m 0644 "$$HULL_KERNEL" $(PREFIX)/share/hull/vmlinux && \
 	install -D -m 0644 "$$HULL_INITRD" $(PREFIX)/share/hull/initramfs.cpio && \
@@ -34,8 +35,7 @@ demo: install
 	@echo "== hull check: what this host can run =="
 	$(PREFIX)/bin/hull check
 	@echo
-	@echo "== hull boot: one microVM, its agent, its kernel =="
-	$(PREFIX)/bin/hull boot
+	PREFIX=$(PREFIX) ./scripts/demo.sh
 
 lint: setup
 	cargo fmt --all -- --check

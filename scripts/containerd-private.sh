@@ -45,7 +45,7 @@ stop)
         kill -9 "$pid" 2>/dev/null || true
     fi
     # Snapshot mounts, deepest first.
-    grep -F " $dir/" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do
+    { grep -F " $dir/" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null || true
     done
     rm -rf "$dir"
