@@ -634,10 +634,11 @@ impl Sandbox {
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(invalid("process_json", "args must not be empty"));
         }
-        if process.terminal().unwrap_or(false) {
+        let terminal = process.terminal().unwrap_or(false);
+        if terminal && !streams[2].is_empty() {
             return Err(invalid(
-                "process_json.terminal",
-                "exec with a terminal is not supported yet",
+                "stdio.stderr",
+                "must be empty with a terminal (output goes to stdout)",
             ));
         }
         if c.init.exited() {
@@ -661,17 +662,48 @@ impl Sandbox {
             self.streams.claim_opt(streams[1], STREAM_WAIT).await?,
             self.streams.claim_opt(streams[2], STREAM_WAIT).await?,
         );
-        let wiring = stdio::pipes(stdin, stdout, stderr).map_err(io_err("creating stdio pipes"))?;
-        let [i, o, e] = wiring.child;
+        // With a terminal, libcontainer hands the pty master over a console socket, as for
+        // the init process; otherwise the process gets pipes.
+        let (console, console_path) = if terminal {
+            // Short: a socket path has at most 107 bytes, exec ids up to 64.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = c.bundle.join(format!("tty{n}.sock"));
+            let l = std::os::unix::net::UnixListener::bind(&path)
+                .map_err(io_err("binding the console socket"))?;
+            (Some(l), Some(path))
+        } else {
+            (None, None)
+        };
+        let (wiring, pty_streams) = if terminal {
+            (None, Some((stdin, stdout)))
+        } else {
+            (
+                Some(stdio::pipes(stdin, stdout, stderr).map_err(io_err("creating stdio pipes"))?),
+                None,
+            )
+        };
+        let console_rx = console.map(|l| std::thread::spawn(move || receive_pty_master(&l)));
+        let (child_fds, output, input) = match wiring {
+            Some(w) => (Some(w.child), w.output, w.input),
+            None => (None, vec![], None),
+        };
         let reaper = self.reaper.clone();
         let state_root = self.cfg.state_root.join("containers");
         let idc = id.to_string();
         let pathc = path.clone();
+        let console_pathc = console_path.clone();
         let built = tokio::task::spawn_blocking(move || {
             let held = reaper.fork_lock();
             let pid = ContainerBuilder::new(idc.clone(), SyscallType::default())
                 .with_root_path(state_root)
-                .map(|b| b.with_stdin(i).with_stdout(o).with_stderr(e))
+                .map(|b| {
+                    let b = b.with_console_socket(console_pathc);
+                    match child_fds {
+                        Some([i, o, e]) => b.with_stdin(i).with_stdout(o).with_stderr(e),
+                        None => b,
+                    }
+                })
                 .and_then(|b| {
                     b.as_tenant()
                         .with_detach(true)
@@ -688,8 +720,31 @@ impl Sandbox {
         .await
         .map_err(|e| SandboxError::FailedPrecondition(format!("exec task failed: {e}")))?;
         let _ = std::fs::remove_file(&path);
+        if let Some(p) = &console_path {
+            if built.is_err() {
+                // Nobody will connect: wake the console thread so it ends.
+                let _ = std::os::unix::net::UnixStream::connect(p);
+            }
+            let _ = std::fs::remove_file(p);
+        }
         let (pid, exit) = built?;
-        let p = finish_process(pid, exit, wiring.output, wiring.input, None);
+        let (output, input, tty) = match pty_streams {
+            None => (output, input, None),
+            Some((stdin, stdout)) => {
+                let master = console_rx
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(std::io::Error::other("console thread panicked"))
+                        })
+                    })
+                    .unwrap_or_else(|| Err(std::io::Error::other("no console socket")))
+                    .map_err(io_err("receiving the pty master"))?;
+                let t = stdio::terminal(master, stdin, stdout)
+                    .map_err(io_err("wiring the terminal"))?;
+                (t.output, t.input, Some(t.master))
+            }
+        };
+        let p = finish_process(pid, exit, output, input, tty);
         c.execs
             .lock()
             .unwrap_or_else(|e| e.into_inner())

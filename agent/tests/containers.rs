@@ -353,3 +353,109 @@ async fn bad_requests_get_precise_codes_and_leave_nothing() {
         assert_eq!(leftover_cgroups(id), Vec::<std::path::PathBuf>::new());
     }
 }
+
+#[tokio::test]
+async fn exec_with_a_terminal_gets_a_pty_that_can_be_resized() {
+    let agent = HostAgent::start().await;
+    let id = format!("ctty{}", std::process::id());
+    create(&agent, &id, &["sleep", "1000"], ("", "", "")).await;
+    agent
+        .client
+        .start_container(ctx(), &req(&id))
+        .await
+        .unwrap();
+
+    let out = agent.stream(&format!("{id}-tty-out")).await;
+    let mut p = spec(&[
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo on-a-tty; i=0; \
+             while [ \"$(stty size 2>/dev/null)\" != \"33 101\" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; \
+             stty size; exit 5",
+    ])
+    .process()
+    .clone()
+    .unwrap();
+    p.set_terminal(Some(true));
+    agent
+        .client
+        .exec_process(
+            ctx(),
+            &ExecProcessRequest {
+                container_id: id.clone(),
+                exec_id: "t1".into(),
+                process_json: serde_json::to_vec(&p).unwrap(),
+                stdio: stdio("", &format!("{id}-tty-out"), ""),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    agent
+        .client
+        .resize_tty(
+            ctx(),
+            &ResizeTtyRequest {
+                container_id: id.clone(),
+                exec_id: "t1".into(),
+                rows: 33,
+                cols: 101,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let w = agent
+        .client
+        .wait_process(ctx(), &preq(&id, "t1"))
+        .await
+        .unwrap();
+    assert_eq!(w.exit_status, 5);
+    // The pty translates \n to \r\n, as it does for runc's terminals.
+    assert_eq!(
+        String::from_utf8(read_all(out).await).unwrap(),
+        "on-a-tty\r\n33 101\r\n"
+    );
+
+    // A terminal has no separate stderr.
+    let e = agent
+        .client
+        .exec_process(
+            ctx(),
+            &ExecProcessRequest {
+                container_id: id.clone(),
+                exec_id: "t2".into(),
+                process_json: serde_json::to_vec(&p).unwrap(),
+                stdio: stdio("", "", "some-err"),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("INVALID_ARGUMENT"), "{e:?}");
+
+    agent
+        .client
+        .signal_process(
+            ctx(),
+            &SignalProcessRequest {
+                container_id: id.clone(),
+                signal: 9,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    agent
+        .client
+        .wait_process(ctx(), &preq(&id, ""))
+        .await
+        .unwrap();
+    agent
+        .client
+        .remove_container(ctx(), &req(&id))
+        .await
+        .unwrap();
+    assert!(agent.leftover_processes().is_empty());
+    assert_eq!(leftover_cgroups(&id), Vec::<std::path::PathBuf>::new());
+}
