@@ -1,5 +1,6 @@
-//! Turns [`VmResources`] into a configured [`Vm`]: KVM VM, guest memory, kernel, initramfs,
-//! boot tables, legacy devices and vCPUs, in that order.
+//! Turns [`VmResources`] into a configured [`Vm`]: KVM VM, guest memory, kernel, virtio
+//! devices (and their `virtio_mmio.device=` command-line entries), initramfs, boot tables,
+//! legacy devices and vCPUs, in that order.
 //!
 //! Every step's failure is a [`BuildError`] variant naming the step. Nothing runs guest code
 //! here; [`Vm::run`] does.
@@ -9,18 +10,21 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use kvm_ioctls::Kvm;
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::load_cmdline;
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{self, BootInfo, LegacyDevices};
 use crate::config::{ConsoleOutput, VmResources};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleWriter, SerialDevice};
-use crate::devices::Bus;
+use crate::devices::virtio::mmio::{MmioTransport, MMIO_SIZE, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::vsock::{muxer::Muxer, Vsock, GUEST_CID};
+use crate::devices::virtio::{Interrupt, VirtioDevice};
+use crate::devices::{Bus, BusDevice};
 use crate::memory::{self, MemoryError};
 use crate::vstate::{ExitSignal, Vcpu, Vm};
 
@@ -72,6 +76,22 @@ pub enum BuildError {
     /// An eventfd could not be created.
     #[error("creating an eventfd: {0}")]
     EventFd(std::io::Error),
+    /// The vsock host socket could not be bound.
+    #[error("binding the vsock socket {path}: {source}")]
+    VsockSocket {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A virtio device could not be wired to KVM (irqfd, ioeventfd) or the bus.
+    #[error("setting up the virtio {what} device: {message}")]
+    VirtioDevice {
+        /// Which device.
+        what: &'static str,
+        /// What failed.
+        message: String,
+    },
     /// KVM_CREATE_VCPU failed.
     #[error("creating vCPU {index}: {source}")]
     CreateVcpu {
@@ -104,6 +124,45 @@ fn open(what: &'static str, path: &std::path::Path) -> Result<File, BuildError> 
     })
 }
 
+/// Wires virtio device number `index` to KVM: its interrupt as an irqfd, its queue
+/// notifications as ioeventfds on QueueNotify (one per queue, matched on the queue index),
+/// and declares it on the kernel command line. Returns its MMIO base and transport.
+fn add_virtio_device(
+    vm_fd: &VmFd,
+    mem: &GuestMemoryMmap,
+    cmdline: &mut Cmdline,
+    index: u32,
+    what: &'static str,
+    dev: Box<dyn VirtioDevice>,
+) -> Result<(u64, Arc<Mutex<dyn BusDevice>>), BuildError> {
+    let err = |message: String| BuildError::VirtioDevice { what, message };
+    if index >= arch::VIRTIO_MAX_DEVICES {
+        return Err(err("no free interrupt line".into()));
+    }
+    let base = arch::VIRTIO_MMIO_BASE + u64::from(index) * MMIO_SIZE;
+    let irq = arch::VIRTIO_IRQ_BASE + index;
+    let irqfd =
+        EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(BuildError::EventFd)?;
+    vm_fd
+        .register_irqfd(&irqfd, irq)
+        .map_err(|e| err(format!("irqfd for IRQ {irq}: {e}")))?;
+    for (queue, evt) in dev.queue_events().iter().enumerate() {
+        vm_fd
+            .register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY),
+                queue as u32,
+            )
+            .map_err(|e| err(format!("ioeventfd for queue {queue}: {e}")))?;
+    }
+    cmdline
+        .add_virtio_mmio_device(MMIO_SIZE, GuestAddress(base), irq, None)
+        .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    let interrupt = Arc::new(Interrupt::new(irqfd));
+    let transport = MmioTransport::new(dev, mem.clone(), interrupt);
+    Ok((base, Arc::new(Mutex::new(transport))))
+}
+
 /// Builds a VM from `res`. `started` is when hull-vmm started (for timing logs).
 pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
@@ -121,8 +180,29 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
     cmdline
         .insert_str(&res.cmdline)
         .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    let mut virtio: Vec<(u64, Arc<Mutex<dyn BusDevice>>)> = Vec::new();
+    if let Some(path) = &res.vsock_uds {
+        let muxer = Muxer::new(path, GUEST_CID).map_err(|source| BuildError::VsockSocket {
+            path: path.clone(),
+            source,
+        })?;
+        let dev = Vsock::new(GUEST_CID, muxer).map_err(BuildError::EventFd)?;
+        virtio.push(add_virtio_device(
+            &vm_fd,
+            mem,
+            &mut cmdline,
+            virtio.len() as u32,
+            "vsock",
+            Box::new(dev),
+        )?);
+    }
     let cmdline_addr = GuestAddress(arch::CMDLINE_START);
     load_cmdline(mem, cmdline_addr, &cmdline).map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    let cmdline_size = cmdline
+        .as_cstring()
+        .map_err(|e| BuildError::Cmdline(e.to_string()))?
+        .as_bytes_with_nul()
+        .len() as u64;
 
     let initrd = match &res.initrd {
         None => None,
@@ -145,7 +225,7 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
         mem,
         &BootInfo {
             cmdline_addr,
-            cmdline_size: res.cmdline.len() as u64 + 1,
+            cmdline_size,
             initrd,
             vcpus: res.vcpus,
         },
@@ -169,6 +249,13 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
             i8042: Arc::new(Mutex::new(I8042::new(exit.clone()))),
         },
     )?;
+    for (base, dev) in virtio {
+        mmio.insert(base, MMIO_SIZE, dev)
+            .map_err(|e| BuildError::VirtioDevice {
+                what: "mmio",
+                message: e.to_string(),
+            })?;
+    }
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
     let template = arch::vcpu_template(&kvm, &vm_fd)?;

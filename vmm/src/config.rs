@@ -44,6 +44,11 @@ pub struct Cli {
     /// not given.
     #[arg(long)]
     pub console: Option<PathBuf>,
+    /// Host side of the guest's vsock device (hybrid vsock): clients connect here and
+    /// write `CONNECT <port>`; guest connections to host port P go to `PATH_P`. No vsock
+    /// device without it.
+    #[arg(long = "vsock-uds")]
+    pub vsock_uds: Option<PathBuf>,
 }
 
 /// Where the guest's serial console goes.
@@ -70,6 +75,8 @@ pub struct VmResources {
     pub memory_bytes: u64,
     /// The serial console's destination.
     pub console: ConsoleOutput,
+    /// The vsock device's host unix socket, if the VM has one.
+    pub vsock_uds: Option<PathBuf>,
 }
 
 /// Errors of validating the command line.
@@ -92,6 +99,9 @@ pub enum ConfigError {
     /// The kernel command line is too long for the guest or contains a NUL byte.
     #[error("--cmdline is invalid: {0}")]
     Cmdline(String),
+    /// The vsock socket path is empty or its directory does not exist.
+    #[error("--vsock-uds {0}: its directory does not exist")]
+    VsockPath(PathBuf),
 }
 
 fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
@@ -132,6 +142,16 @@ impl TryFrom<Cli> for VmResources {
         if cli.cmdline.contains('\0') {
             return Err(ConfigError::Cmdline("contains a NUL byte".into()));
         }
+        if let Some(p) = &cli.vsock_uds {
+            let dir = match p.parent() {
+                Some(d) if d.as_os_str().is_empty() => Path::new("."),
+                Some(d) => d,
+                None => return Err(ConfigError::VsockPath(p.clone())),
+            };
+            if p.file_name().is_none() || !dir.is_dir() {
+                return Err(ConfigError::VsockPath(p.clone()));
+            }
+        }
         Ok(VmResources {
             kernel: cli.kernel,
             initrd: cli.initrd,
@@ -141,6 +161,7 @@ impl TryFrom<Cli> for VmResources {
             console: cli
                 .console
                 .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
+            vsock_uds: cli.vsock_uds,
         })
     }
 }
@@ -178,6 +199,8 @@ mod tests {
             "128",
             "--console",
             "/tmp/c.log",
+            "--vsock-uds",
+            "/tmp/v.sock",
         ])
         .unwrap();
         let r = VmResources::try_from(cli).unwrap();
@@ -187,6 +210,21 @@ mod tests {
         assert_eq!(r.vcpus, 2);
         assert_eq!(r.memory_bytes, 128 << 20);
         assert_eq!(r.console, ConsoleOutput::File("/tmp/c.log".into()));
+        assert_eq!(r.vsock_uds, Some("/tmp/v.sock".into()));
+    }
+
+    #[test]
+    fn vsock_socket_needs_an_existing_directory() {
+        let (_d, k, _i) = files();
+        let k = k.to_str().unwrap();
+        for bad in ["/nonexistent/dir/v.sock", "/"] {
+            let err = VmResources::try_from(parse(&["--kernel", k, "--vsock-uds", bad]).unwrap())
+                .unwrap_err();
+            assert_eq!(err, ConfigError::VsockPath(bad.into()));
+        }
+        let r = VmResources::try_from(parse(&["--kernel", k, "--vsock-uds", "v.sock"]).unwrap())
+            .unwrap();
+        assert_eq!(r.vsock_uds, Some("v.sock".into()));
     }
 
     #[test]
@@ -198,6 +236,7 @@ mod tests {
         assert_eq!(r.console, ConsoleOutput::Stdout);
         assert_eq!(r.initrd, None);
         assert!(r.cmdline.contains("reboot=t"));
+        assert_eq!(r.vsock_uds, None);
     }
 
     #[test]

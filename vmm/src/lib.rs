@@ -10,7 +10,9 @@
 //! implemented (PVH direct boot of `vmlinux`); aarch64 compiles and returns a typed
 //! "not implemented" error until its GIC/FDT/PSCI code is written.
 //!
-//! Not here yet: virtio devices (vsock, fs, net, blk), the control socket, seccomp filters,
+//! virtio devices sit on the virtio-mmio transport ([`devices::virtio`]); vsock is there.
+//!
+//! Not here yet: virtio-fs, net, blk, the control socket, seccomp filters,
 //! bzImage boot. Each is tracked in issue 3.
 
 pub mod arch;

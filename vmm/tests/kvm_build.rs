@@ -77,6 +77,7 @@ fn resources(dir: &Path, pvh: bool) -> VmResources {
         vcpus: 2,
         memory_bytes: 64 << 20,
         console: ConsoleOutput::File(dir.join("console.log")),
+        vsock_uds: None,
     }
 }
 
@@ -158,4 +159,22 @@ fn an_initrd_that_does_not_fit_is_refused() {
     std::fs::write(res.initrd.as_ref().unwrap(), vec![0u8; 40 << 20]).unwrap();
     let err = builder::build(&res, Instant::now()).unwrap_err();
     assert!(err.to_string().contains("does not fit"), "{err}");
+}
+
+#[test]
+fn a_vsock_device_is_wired_to_kvm_and_declared_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut res = resources(dir.path(), true);
+    let uds = dir.path().join("vsock.sock");
+    res.vsock_uds = Some(uds.clone());
+    let vm = builder::build(&res, Instant::now())
+        .unwrap_or_else(|e| panic!("building a VM with vsock on /dev/kvm: {e}"));
+    let want = b"console=ttyS0 reboot=t virtio_mmio.device=4K@0xd0000000:5\0";
+    let mut got = vec![0u8; want.len()];
+    vm.memory()
+        .read_slice(&mut got, GuestAddress(0x2_0000))
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    // The host socket is bound and accepts clients before the guest runs.
+    std::os::unix::net::UnixStream::connect(&uds).expect("the vsock socket listens");
 }

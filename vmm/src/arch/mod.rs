@@ -1,7 +1,8 @@
 //! Architecture-specific VM setup behind one small interface.
 //!
 //! Each architecture module provides the same items, re-exported here:
-//! - constants: `MAX_VCPUS`, `CMDLINE_START`, `CMDLINE_MAX_SIZE`;
+//! - constants: `MAX_VCPUS`, `CMDLINE_START`, `CMDLINE_MAX_SIZE`, and where virtio-mmio
+//!   devices go: `VIRTIO_MMIO_BASE`, `VIRTIO_IRQ_BASE`, `VIRTIO_MAX_DEVICES`;
 //! - `Error`, the architecture's typed error;
 //! - `ram_regions(memory_bytes)`: which guest-physical ranges are RAM;
 //! - `setup_vm(&VmFd)`: interrupt controllers and timers, before vCPUs exist;

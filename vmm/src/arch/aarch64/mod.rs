@@ -22,6 +22,12 @@ pub const CMDLINE_START: u64 = 0x8000_0000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of guest RAM.
 pub const DRAM_START: u64 = 0x8000_0000;
+/// virtio-mmio device windows (below RAM, one page each; will be described in the FDT).
+pub const VIRTIO_MMIO_BASE: u64 = 0x4000_0000;
+/// The first virtio-mmio device's interrupt (a GIC SPI number, as KVM irqfd GSIs count).
+pub const VIRTIO_IRQ_BASE: u32 = 32;
+/// How many virtio-mmio devices we place.
+pub const VIRTIO_MAX_DEVICES: u32 = 32;
 
 /// Errors of aarch64 VM setup.
 #[derive(Debug, Error)]

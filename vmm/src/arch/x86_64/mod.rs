@@ -1,5 +1,6 @@
 //! x86_64: PVH direct boot of an ELF `vmlinux`, in-kernel irqchip and PIT, MP table, e820,
-//! CPUID per vCPU, the 8250 console at 0x3f8 (IRQ 4) and the i8042 reset port at 0x64.
+//! CPUID per vCPU, the 8250 console at 0x3f8 (IRQ 4), the i8042 reset port at 0x64, and
+//! virtio-mmio windows from 0xd000_0000 on IRQs 5 and up.
 //!
 //! Not yet: bzImage (Linux boot protocol) boot, ACPI.
 
@@ -34,6 +35,13 @@ pub const SERIAL_PORT: u64 = 0x3f8;
 pub const SERIAL_IRQ: u32 = 4;
 /// The i8042 command port.
 pub const I8042_COMMAND_PORT: u64 = 0x64;
+/// virtio-mmio device windows start at the bottom of the 32-bit MMIO hole, one page each.
+pub const VIRTIO_MMIO_BASE: u64 = layout::MMIO_GAP_START;
+/// The first virtio-mmio device's IRQ (IOAPIC pin / GSI); the next device takes the next.
+/// Pins 5..=23 are free (the MP table routes all 24 pins).
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+/// How many virtio-mmio devices fit the free IRQs.
+pub const VIRTIO_MAX_DEVICES: u32 = 24 - VIRTIO_IRQ_BASE;
 /// `hvm_start_info.magic`.
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 
