@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the nested harness's L1: a KVM-host kernel (guest fragments + guest-image/l1, cached
 # by build-kernel.sh) and an L1 initramfs holding busybox, init.sh as /init, a static
-# hull-vmm and the L2 guest image. Writes a sourceable env file ($2):
+# hull-vmm (with hull-vsock-probe) and the L2 guest image. Writes a sourceable env file ($2):
 #   HULL_NESTED_KERNEL=<L1 bzImage>   HULL_NESTED_INITRD=<L1 initramfs>
 # Usage: build.sh GUEST_IMAGE_ENV NESTED_ENV   (GUEST_IMAGE_ENV from guest-image/build.sh)
 set -euo pipefail
@@ -22,6 +22,7 @@ kdir=$(HULL_KERNEL_EXTRA="$top/guest-image/l1" "$top/guest-image/build-kernel.sh
 cargo build --quiet --release --locked -p hull-vmm --target x86_64-unknown-linux-musl \
     --manifest-path "$top/Cargo.toml"
 vmm="$top/target/x86_64-unknown-linux-musl/release/hull-vmm"
+probe="$top/target/x86_64-unknown-linux-musl/release/hull-vsock-probe"
 
 busybox=${HULL_BUSYBOX:-/bin/busybox}
 if ! file "$busybox" 2>/dev/null | grep -q 'statically linked'; then
@@ -41,6 +42,7 @@ dir /l2 0755 0 0
 file /bin/busybox $busybox 0755 0 0
 file /init $here/init.sh 0755 0 0
 file /bin/hull-vmm $vmm 0755 0 0
+file /bin/hull-vsock-probe $probe 0755 0 0
 file /l2/vmlinux $HULL_KERNEL 0644 0 0
 file /l2/initramfs.cpio $HULL_INITRD 0644 0 0
 LIST

@@ -70,12 +70,42 @@ check_reset() {
     fi
 }
 
+# Boots the guest image with a vsock device: the agent announces readiness on host port
+# 1025 (<uds>_1025, where hull-vsock-probe listens), then the probe connects to guest port
+# 1024 through the hybrid-vsock socket and makes a ttrpc Check call.
+check_vsock() {
+    rm -f /tmp/v.sock /tmp/v.sock_*
+    start=$(now)
+    hull-vsock-probe /tmp/v.sock "$L2_TIMEOUT" >/tmp/probe.out 2>&1 &
+    probe=$!
+    i=0
+    while ! grep -q 'listening' /tmp/probe.out 2>/dev/null && [ $i -lt 200 ]; do
+        sleep 0.01; i=$((i + 1))
+    done
+    RUST_LOG=info hull-vmm --kernel /l2/vmlinux --initrd /l2/initramfs.cpio \
+        --cmdline "$L2_CMDLINE" --vcpus 1 --memory-mib 256 --vsock-uds /tmp/v.sock \
+        --console /tmp/vsock.console 2>/tmp/vsock.vmm &
+    pid=$!
+    wait "$probe"
+    rc=$?
+    ms=$(ms_since "$start")
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    line=$(grep -m1 'HULL-VSOCK-PROBE: \(ok\|FAIL\)' /tmp/probe.out | sed 's/^HULL-VSOCK-PROBE: //')
+    if [ "$rc" = 0 ]; then
+        say "vsock $line total_ms=$ms"
+    else
+        say "vsock FAIL rc=$rc $line total_ms=$ms"
+        dump /tmp/probe.out PROBE; dump /tmp/vsock.console L2; dump /tmp/vsock.vmm VMM
+    fi
+}
+
 checks=$(sed -n 's/.*hull\.checks=\([^ ]*\).*/\1/p' /proc/cmdline)
 for c in $(echo "$checks" | tr , ' '); do
     case "$c" in
         kvm) check_kvm ;;
         agent) check_agent ;;
         reset) check_reset ;;
+        vsock) check_vsock ;;
         *) say "$c FAIL unknown check" ;;
     esac
 done

@@ -3,12 +3,12 @@
 # inside it with hull-vmm on L1's real kvm_amd. L1's serial console is this script's
 # stdout; results are "HULL-NESTED: ..." lines (see init.sh). L1 powers itself off when
 # done; a hard timeout kills it otherwise.
-# Usage: run-l1.sh L1_KERNEL L1_INITRD [CHECKS]   CHECKS: comma-separated, default kvm,agent,reset
+# Usage: run-l1.sh L1_KERNEL L1_INITRD [CHECKS]   CHECKS: comma-separated, default kvm,agent,reset,vsock
 # Env: HULL_NESTED_TIMEOUT (seconds, default 120).
 set -euo pipefail
 kernel=${1:?usage: run-l1.sh L1_KERNEL L1_INITRD [CHECKS]}
 initrd=${2:?usage: run-l1.sh L1_KERNEL L1_INITRD [CHECKS]}
-checks=${3:-kvm,agent,reset}
+checks=${3:-kvm,agent,reset,vsock}
 timeout_s=${HULL_NESTED_TIMEOUT:-120}
 
 # L1 must not calibrate its TSC itself: on a busy host that fails and L1's KVM then loops

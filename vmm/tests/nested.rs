@@ -97,8 +97,8 @@ fn run_l1(checks: &str) -> L1Run {
 
 #[test]
 #[ignore = "boots nested KVM under TCG (a few seconds, needs the L1 build): run by `make nested`"]
-fn hull_vmm_boots_the_guest_to_the_agent_and_exits_when_the_guest_resets() {
-    let run = run_l1("kvm,agent,reset");
+fn hull_vmm_boots_the_guest_to_the_agent_serves_vsock_and_exits_when_the_guest_resets() {
+    let run = run_l1("kvm,agent,reset,vsock");
     // L1 has a working kvm_amd, or nothing below means anything.
     run.passed("kvm");
     // Milestone A: the guest kernel booted under hull-vmm and started hull-agent as PID 1,
@@ -112,10 +112,17 @@ fn hull_vmm_boots_the_guest_to_the_agent_and_exits_when_the_guest_resets() {
     let reset = run.passed("reset");
     assert!(reset.contains("code=0"), "{reset}");
     assert!(reset.contains("guest reset (triple fault"), "{reset}");
+    // vsock: the agent's readiness line arrives on <uds>_1025 through hull-vmm's
+    // virtio-vsock device, a host CONNECT 1024 is answered OK, and a ttrpc Check through
+    // that stream answers SERVING.
+    let vsock = run.passed("vsock");
+    assert!(vsock.contains("ready=\"HULL-AGENT-READY "), "{vsock}");
+    assert!(vsock.contains("reply=\"OK "), "{vsock}");
+    assert!(vsock.contains("check=SERVING"), "{vsock}");
     assert!(run.result("done").is_some(), "L1 did not finish its checks");
     println!(
         "nested figures (L2 on kvm_amd inside QEMU TCG, not native):\n  agent: {agent}\n  \
-         reset: {reset}\n  whole L1 run: {:.2} s",
+         reset: {reset}\n  vsock: {vsock}\n  whole L1 run: {:.2} s",
         run.elapsed.as_secs_f64()
     );
 }
