@@ -475,9 +475,9 @@ impl Muxer {
         }
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{}", key.0));
-        let stream = match UnixStream::connect(&path) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => s,
-            Ok(_) | Err(_) => {
+        let stream = match connect_nonblocking(Path::new(&path)) {
+            Ok(s) => s,
+            Err(_) => {
                 log::debug!("vsock: guest connect to host port {} refused", key.0);
                 self.control.push_back(rst);
                 return;
@@ -596,6 +596,52 @@ impl Muxer {
     }
 }
 
+/// Connects a non-blocking unix stream socket to `path`. Unlike a blocking connect, it
+/// cannot stall the device thread when the listener's backlog is full (the guest decides how
+/// often we connect): that fails at once with `WouldBlock`.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::FromRawFd;
+
+    // SAFETY: sockaddr_un is plain data; all-zero is a valid (empty) value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    // Leave room for the terminating NUL.
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(ErrorKind::InvalidInput.into());
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket we just created and own; UnixStream closes it on drop.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    // SAFETY: `addr` is a valid sockaddr_un that lives across the call and the length is
+    // its size.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
 /// Parses `CONNECT <port>` (the newline already stripped; a trailing `\r` is tolerated).
 fn parse_connect(line: &[u8]) -> Option<u32> {
     let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
@@ -640,6 +686,24 @@ mod tests {
         std::iter::from_fn(|| m.next_rx(4096))
             .map(|(h, _)| (h.op(), h.src_port(), h.dst_port()))
             .collect()
+    }
+
+    #[test]
+    fn host_connects_never_block_on_a_full_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let _l = UnixListener::bind(&path).unwrap();
+        let mut held = Vec::new();
+        let err = loop {
+            match connect_nonblocking(&path) {
+                Ok(s) => held.push(s),
+                Err(e) => break e,
+            }
+            assert!(held.len() < 100_000, "the backlog never filled");
+        };
+        assert_eq!(err.kind(), ErrorKind::WouldBlock, "{err}");
+        assert!(connect_nonblocking(&dir.path().join("missing")).is_err());
+        assert!(connect_nonblocking(Path::new(&"x".repeat(200))).is_err());
     }
 
     #[test]
