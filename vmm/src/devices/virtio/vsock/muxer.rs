@@ -180,12 +180,20 @@ pub struct Muxer {
 }
 
 impl Muxer {
-    /// Binds the host socket at `uds_path` (an existing socket file there is replaced) for
-    /// the guest with `guest_cid`.
+    /// Binds the host socket at `uds_path` for the guest with `guest_cid`. A stale socket
+    /// there is replaced; any other kind of file is an `AlreadyExists` error, never deleted.
     pub fn new(uds_path: &Path, guest_cid: u64) -> std::io::Result<Self> {
-        match std::fs::remove_file(uds_path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
-            _ => {}
+        use std::os::unix::fs::FileTypeExt;
+        match std::fs::symlink_metadata(uds_path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(uds_path)?,
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    ErrorKind::AlreadyExists,
+                    "exists and is not a socket",
+                ))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         let listener = UnixListener::bind(uds_path)?;
         listener.set_nonblocking(true)?;
@@ -704,6 +712,18 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::WouldBlock, "{err}");
         assert!(connect_nonblocking(&dir.path().join("missing")).is_err());
         assert!(connect_nonblocking(Path::new(&"x".repeat(200))).is_err());
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_but_other_files_are_kept() {
+        let (_d, path, m) = muxer();
+        drop(m);
+        Muxer::new(&path, CID).expect("a stale socket is replaced");
+        let file = path.with_extension("txt");
+        std::fs::write(&file, b"keep").unwrap();
+        let err = Muxer::new(&file, CID).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep");
     }
 
     #[test]
