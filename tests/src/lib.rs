@@ -207,7 +207,8 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Pids of live (non-zombie) processes whose command line mentions `needle`.
+/// Pids of live (non-zombie) processes whose command line (arguments joined by spaces)
+/// mentions `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -223,7 +224,11 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
-        if String::from_utf8_lossy(&cmdline).contains(needle) {
+        // Arguments are NUL-separated; match against them joined by spaces.
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(needle)
+        {
             found.push(pid);
         }
     }

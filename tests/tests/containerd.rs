@@ -270,3 +270,122 @@ fn fifty_sequential_runs_leave_no_process_mount_socket_or_state() {
         assert_pod_gone(&format!("hull-t-seq-{n}"));
     }
 }
+
+/// Waits until `ctr task ls` shows `id` as STOPPED.
+fn wait_stopped(c: &Containerd, id: &str) {
+    for _ in 0..150 {
+        let ls = text(&c.ctr(&["task", "ls"]).stdout);
+        if ls
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(id) && l.contains("STOPPED"))
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!(
+        "{id} never stopped: {}",
+        text(&c.ctr(&["task", "ls"]).stdout)
+    );
+}
+
+fn run_detached(c: &Containerd, id: &str) {
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.hull.v2",
+        hull_tests::TEST_IMAGE,
+        id,
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+fn remove(c: &Containerd, id: &str) {
+    let out = c.ctr(&["task", "rm", id]);
+    assert!(out.status.success(), "task rm: {}", text(&out.stderr));
+    let out = c.ctr(&["container", "rm", id]);
+    assert!(out.status.success(), "container rm: {}", text(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_pod_gone(id);
+}
+
+#[test]
+fn pause_resume_and_metrics() {
+    let c = start();
+    run_detached(&c, "hull-t-pause");
+    assert!(c.ctr(&["task", "pause", "hull-t-pause"]).status.success());
+    let ls = text(&c.ctr(&["task", "ls"]).stdout);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("hull-t-pause") && l.contains("PAUSED")),
+        "{ls}"
+    );
+    assert!(c.ctr(&["task", "resume", "hull-t-pause"]).status.success());
+    let ls = text(&c.ctr(&["task", "ls"]).stdout);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("hull-t-pause") && l.contains("RUNNING")),
+        "{ls}"
+    );
+
+    let out = c.ctr(&["task", "metrics", "hull-t-pause"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = text(&out.stdout);
+    assert!(
+        m.contains("memory.usage_in_bytes") || m.contains("memory.usage"),
+        "{m}"
+    );
+    assert!(m.contains("pids.current"), "{m}");
+
+    assert!(c
+        .ctr(&["task", "kill", "-s", "SIGKILL", "hull-t-pause"])
+        .status
+        .success());
+    wait_stopped(&c, "hull-t-pause");
+    remove(&c, "hull-t-pause");
+}
+
+#[test]
+fn a_killed_vm_ends_its_tasks_with_255_and_leaves_nothing() {
+    let c = start();
+    run_detached(&c, "hull-t-vmkill");
+    let qemu = processes_mentioning("-name hull-t-vmkill");
+    assert_eq!(qemu.len(), 1, "one QEMU for the pod: {qemu:?}");
+    nix_kill9(qemu[0]);
+    wait_stopped(&c, "hull-t-vmkill");
+    let ls = text(&c.ctr(&["task", "ls"]).stdout);
+    assert!(ls.contains("STOPPED"), "{ls}");
+    remove(&c, "hull-t-vmkill");
+}
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_containerd() {
+    let c = start();
+    run_detached(&c, "hull-t-shimkill");
+    let shim = processes_mentioning("-id hull-t-shimkill");
+    assert_eq!(shim.len(), 1, "{shim:?}");
+    nix_kill9(shim[0]);
+    // containerd notices the dead shim and runs `containerd-shim-hull-v2 delete`, which
+    // cleans the pod from its state directory.
+    for _ in 0..100 {
+        if !std::path::Path::new("/run/hull/hull-t-shimkill").exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = c.ctr(&["task", "rm", "-f", "hull-t-shimkill"]);
+    let _ = c.ctr(&["container", "rm", "hull-t-shimkill"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_pod_gone("hull-t-shimkill");
+}
+
+fn nix_kill9(pid: u32) {
+    let st = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}

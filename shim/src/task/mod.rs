@@ -246,6 +246,7 @@ impl Task for TaskService {
             status: match p.status() {
                 Status::Created => api::Status::CREATED,
                 Status::Running => api::Status::RUNNING,
+                Status::Paused => api::Status::PAUSED,
                 Status::Stopped => api::Status::STOPPED,
             }
             .into(),
@@ -406,6 +407,9 @@ impl Task for TaskService {
             )
             .await
             .map_err(agent_status("PauseContainer"))?;
+        if let Ok(c) = self.pod.container(&req.id) {
+            c.init.set_status(Status::Paused);
+        }
         self.publish(TaskPaused {
             container_id: req.id,
             ..Default::default()
@@ -425,6 +429,9 @@ impl Task for TaskService {
             )
             .await
             .map_err(agent_status("ResumeContainer"))?;
+        if let Ok(c) = self.pod.container(&req.id) {
+            c.init.set_status(Status::Running);
+        }
         self.publish(TaskResumed {
             container_id: req.id,
             ..Default::default()

@@ -87,6 +87,8 @@ pub enum Status {
     Created,
     /// Running.
     Running,
+    /// Frozen (cgroup freezer).
+    Paused,
     /// Exited.
     Stopped,
 }
@@ -159,7 +161,8 @@ impl Proc {
         *self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_status(&self, s: Status) {
+    /// Sets the status (pause/resume).
+    pub fn set_status(&self, s: Status) {
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = s;
     }
 
@@ -395,6 +398,17 @@ impl Pod {
                 .share_dir()
                 .ok_or_else(|| PodError::FailedPrecondition("the VM has no share".into()))?;
             return Ok((vm.agent().clone(), share));
+        }
+        // This shim owns the pod id (it holds the pod's socket): a state directory left by a
+        // dead predecessor is stale, and would block the boot.
+        let stale = self.vm_cfg.state_root.join(&self.id);
+        if stale.exists() {
+            log::warn!(
+                "pod {}: cleaning up stale state {}",
+                self.id,
+                stale.display()
+            );
+            crate::vm::cleanup_dead(&stale);
         }
         let vm = Vm::boot(self.hypervisor.as_ref(), &self.id, &self.vm_cfg).await?;
         let agent = vm.agent().clone();
@@ -661,7 +675,9 @@ impl Pod {
     ) -> Result<(), PodError> {
         let c = self.container(id)?;
         let p = c.process(exec_id)?;
-        if p.status() == Status::Stopped && !all {
+        // containerd treats NotFound as "already finished" (e.g. `task rm -f` after the VM
+        // died); a stopped container has nothing left to signal, even with `all`.
+        if p.status() == Status::Stopped {
             return Err(PodError::NotFound(format!(
                 "process {id}/{exec_id} has exited"
             )));
@@ -691,7 +707,7 @@ impl Pod {
     pub async fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, Exited), PodError> {
         let c = self.container(id)?;
         let p = c.process(exec_id)?;
-        if p.status() == Status::Running {
+        if matches!(p.status(), Status::Running | Status::Paused) {
             return Err(PodError::FailedPrecondition(format!(
                 "{id}/{exec_id} is still running"
             )));
@@ -789,7 +805,7 @@ impl Pod {
                     .cloned(),
             );
             for p in procs {
-                if p.exited().is_none() && p.status() == Status::Running {
+                if p.exited().is_none() && matches!(p.status(), Status::Running | Status::Paused) {
                     p.abort_io();
                     let e = Exited {
                         status: 255,
