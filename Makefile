@@ -10,7 +10,7 @@ PREFIX ?= /usr/local
 IMAGE_ENV := target/guest-image.env
 NESTED_ENV := target/nested.env
 
-.PHONY: all setup guest-image build install demo test lint unit integration nested clean
+.PHONY: all setup guest-image build install demo bench test lint unit integration nested clean
 
 all: build
 
@@ -36,6 +36,10 @@ demo: install
 	$(PREFIX)/bin/hull check
 	@echo
 	PREFIX=$(PREFIX) ./scripts/demo.sh
+
+# Benchmarks (not tests): VM boot, ctr run hull vs runc, PSS per pod. See scripts/bench.sh.
+bench: install
+	PREFIX=$(PREFIX) ./scripts/bench.sh
 
 lint: setup
 	cargo fmt --all -- --check
