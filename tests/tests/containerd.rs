@@ -389,3 +389,67 @@ fn nix_kill9(pid: u32) {
         .unwrap();
     assert!(st.success());
 }
+
+#[test]
+fn task_events_come_in_runtime_v2_order() {
+    let c = start();
+    let mut events = std::process::Command::new("ctr")
+        .arg("-a")
+        .arg(c.dir.path().join("containerd.sock"))
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = c.run("hull-t-events", &["true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = events.kill();
+    let out = events.wait_with_output().unwrap();
+    let topics: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("hull-t-events") && l.contains("/tasks/"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("/tasks/"))
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete"
+        ],
+        "events: {}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn a_tty_task_sees_a_terminal() {
+    let c = start();
+    // ctr -t needs a terminal of its own: script(1) gives it one.
+    let cmd = format!(
+        "ctr -a {} -n {} run -t --runtime io.containerd.hull.v2 --rm {} hull-t-tty sh -c 'tty; exit 5'",
+        c.dir.path().join("containerd.sock").display(),
+        c.namespace,
+        hull_tests::TEST_IMAGE
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let o = text(&out.stdout);
+    assert!(
+        o.contains("/dev/pts/"),
+        "no terminal in the container: {o:?} {}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(5), "{o:?}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_pod_gone("hull-t-tty");
+}

@@ -124,6 +124,35 @@ async fn a_container_in_the_vm_runs_on_the_guest_kernel() {
         .expect("Stats");
     assert!(stats.cpu_usage_usec > 0, "{stats:?}");
     assert_eq!(stats.pids_current, 0, "{stats:?}");
+    // UpdateContainer reaches the guest's cgroup v2 (what the shim's Update passes on).
+    client
+        .update_container(
+            ctx.clone(),
+            &UpdateContainerRequest {
+                container_id: "c1".into(),
+                resources_json: br#"{"memory":{"limit":50000000},"pids":{"limit":64}}"#.to_vec(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Update");
+    let stats = client
+        .stats_container(
+            ctx.clone(),
+            &ContainerRequest {
+                container_id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Stats");
+    // cgroup v2 rounds the limit down to whole pages.
+    assert_eq!(
+        stats.memory_limit_bytes,
+        50_000_000 / 4096 * 4096,
+        "{stats:?}"
+    );
+    assert_eq!(stats.pids_limit, 64, "{stats:?}");
 
     client
         .remove_container(
