@@ -491,27 +491,8 @@ impl Sandbox {
         std::fs::create_dir_all(&state_root)
             .map_err(io_err("creating the container state root"))?;
 
-        let (console, console_path) = if terminal {
-            let path = bundle.join("console.sock");
-            let l = std::os::unix::net::UnixListener::bind(&path)
-                .map_err(io_err("binding the console socket"))?;
-            (Some(l), Some(path))
-        } else {
-            (None, None)
-        };
-        let (wiring, pty_streams) = if terminal {
-            (None, Some((stdin, stdout)))
-        } else {
-            (
-                Some(stdio::pipes(stdin, stdout, stderr).map_err(io_err("creating stdio pipes"))?),
-                None,
-            )
-        };
-        let console_rx = console.map(|l| std::thread::spawn(move || receive_pty_master(&l)));
-        let (child_fds, output, input) = match wiring {
-            Some(w) => (Some(w.child), w.output, w.input),
-            None => (None, vec![], None),
-        };
+        let (pending, child_fds, console_path) =
+            PendingStdio::prepare(terminal, bundle.join("console.sock"), stdin, stdout, stderr)?;
 
         let reaper = self.reaper.clone();
         let no_pivot = self.cfg.no_pivot;
@@ -554,24 +535,14 @@ impl Sandbox {
         })
         .await
         .map_err(|e| SandboxError::FailedPrecondition(format!("create task failed: {e}")))?;
-        let (container, pid, exit) = built?;
-
-        let (output, input, tty) = match pty_streams {
-            None => (output, input, None),
-            Some((stdin, stdout)) => {
-                let master = console_rx
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(std::io::Error::other("console thread panicked"))
-                        })
-                    })
-                    .unwrap_or_else(|| Err(std::io::Error::other("no console socket")))
-                    .map_err(io_err("receiving the pty master"))?;
-                let t = stdio::terminal(master, stdin, stdout)
-                    .map_err(io_err("wiring the terminal"))?;
-                (t.output, t.input, Some(t.master))
+        let (container, pid, exit) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                pending.abandon();
+                return Err(e);
             }
         };
+        let Wired { output, input, tty } = pending.finish()?;
         let process = finish_process(pid, exit, output, input, tty);
         let oom_watch = tokio::spawn(watch_oom(
             id.to_string(),
@@ -662,32 +633,16 @@ impl Sandbox {
             self.streams.claim_opt(streams[1], STREAM_WAIT).await?,
             self.streams.claim_opt(streams[2], STREAM_WAIT).await?,
         );
-        // With a terminal, libcontainer hands the pty master over a console socket, as for
-        // the init process; otherwise the process gets pipes.
-        let (console, console_path) = if terminal {
-            // Short: a socket path has at most 107 bytes, exec ids up to 64.
-            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path = c.bundle.join(format!("tty{n}.sock"));
-            let l = std::os::unix::net::UnixListener::bind(&path)
-                .map_err(io_err("binding the console socket"))?;
-            (Some(l), Some(path))
-        } else {
-            (None, None)
-        };
-        let (wiring, pty_streams) = if terminal {
-            (None, Some((stdin, stdout)))
-        } else {
-            (
-                Some(stdio::pipes(stdin, stdout, stderr).map_err(io_err("creating stdio pipes"))?),
-                None,
-            )
-        };
-        let console_rx = console.map(|l| std::thread::spawn(move || receive_pty_master(&l)));
-        let (child_fds, output, input) = match wiring {
-            Some(w) => (Some(w.child), w.output, w.input),
-            None => (None, vec![], None),
-        };
+        // Short: a socket path has at most 107 bytes, exec ids up to 64.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (pending, child_fds, console_path) = PendingStdio::prepare(
+            terminal,
+            c.bundle.join(format!("tty{n}.sock")),
+            stdin,
+            stdout,
+            stderr,
+        )?;
         let reaper = self.reaper.clone();
         let state_root = self.cfg.state_root.join("containers");
         let idc = id.to_string();
@@ -720,30 +675,14 @@ impl Sandbox {
         .await
         .map_err(|e| SandboxError::FailedPrecondition(format!("exec task failed: {e}")))?;
         let _ = std::fs::remove_file(&path);
-        if let Some(p) = &console_path {
-            if built.is_err() {
-                // Nobody will connect: wake the console thread so it ends.
-                let _ = std::os::unix::net::UnixStream::connect(p);
-            }
-            let _ = std::fs::remove_file(p);
-        }
-        let (pid, exit) = built?;
-        let (output, input, tty) = match pty_streams {
-            None => (output, input, None),
-            Some((stdin, stdout)) => {
-                let master = console_rx
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(std::io::Error::other("console thread panicked"))
-                        })
-                    })
-                    .unwrap_or_else(|| Err(std::io::Error::other("no console socket")))
-                    .map_err(io_err("receiving the pty master"))?;
-                let t = stdio::terminal(master, stdin, stdout)
-                    .map_err(io_err("wiring the terminal"))?;
-                (t.output, t.input, Some(t.master))
+        let (pid, exit) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                pending.abandon();
+                return Err(e);
             }
         };
+        let Wired { output, input, tty } = pending.finish()?;
         let p = finish_process(pid, exit, output, input, tty);
         c.execs
             .lock()
@@ -953,6 +892,106 @@ impl Sandbox {
 /// SIGKILL as libcontainer's (nix 0.29) signal type.
 fn sigkill() -> libcontainer::signal::Signal {
     libcontainer::signal::Signal::try_from(9).unwrap_or_else(|_| unreachable!("9 is SIGKILL"))
+}
+
+/// A new process's stdio between "streams claimed" and "process running": pipes whose
+/// copiers already run, or (with a terminal) a console socket on which libcontainer will
+/// hand over the pty master.
+struct PendingStdio {
+    output: Vec<JoinHandle<()>>,
+    input: Option<JoinHandle<()>>,
+    tty: Option<PendingTty>,
+}
+
+struct PendingTty {
+    stdin: Option<crate::streams::Stream>,
+    stdout: Option<crate::streams::Stream>,
+    socket: PathBuf,
+    master: std::thread::JoinHandle<std::io::Result<OwnedFd>>,
+}
+
+/// The agent side of a running process's stdio.
+struct Wired {
+    output: Vec<JoinHandle<()>>,
+    input: Option<JoinHandle<()>>,
+    tty: Option<OwnedFd>,
+}
+
+impl PendingStdio {
+    /// Prepares stdio. Returns it, the fds for the process (without a terminal) and the
+    /// console socket to give libcontainer (with one).
+    fn prepare(
+        terminal: bool,
+        console_socket: PathBuf,
+        stdin: Option<crate::streams::Stream>,
+        stdout: Option<crate::streams::Stream>,
+        stderr: Option<crate::streams::Stream>,
+    ) -> Result<(PendingStdio, Option<[OwnedFd; 3]>, Option<PathBuf>), SandboxError> {
+        if !terminal {
+            let w = stdio::pipes(stdin, stdout, stderr).map_err(io_err("creating stdio pipes"))?;
+            let pending = PendingStdio {
+                output: w.output,
+                input: w.input,
+                tty: None,
+            };
+            return Ok((pending, Some(w.child), None));
+        }
+        let l = std::os::unix::net::UnixListener::bind(&console_socket)
+            .map_err(io_err("binding the console socket"))?;
+        let master = std::thread::spawn(move || receive_pty_master(&l));
+        let tty = PendingTty {
+            stdin,
+            stdout,
+            socket: console_socket.clone(),
+            master,
+        };
+        let pending = PendingStdio {
+            output: vec![],
+            input: None,
+            tty: Some(tty),
+        };
+        Ok((pending, None, Some(console_socket)))
+    }
+
+    /// After the process was created: wires the terminal, if any.
+    fn finish(self) -> Result<Wired, SandboxError> {
+        let Some(t) = self.tty else {
+            return Ok(Wired {
+                output: self.output,
+                input: self.input,
+                tty: None,
+            });
+        };
+        let master = t
+            .master
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("console thread panicked")));
+        let _ = std::fs::remove_file(&t.socket);
+        let master = master.map_err(io_err("receiving the pty master"))?;
+        let w =
+            stdio::terminal(master, t.stdin, t.stdout).map_err(io_err("wiring the terminal"))?;
+        Ok(Wired {
+            output: w.output,
+            input: w.input,
+            tty: Some(w.master),
+        })
+    }
+
+    /// After a failed creation: nobody will connect to the console socket, so wake the
+    /// thread waiting on it; copiers end with their streams.
+    fn abandon(self) {
+        if let Some(t) = self.tty {
+            let _ = std::os::unix::net::UnixStream::connect(&t.socket);
+            let _ = t.master.join();
+            let _ = std::fs::remove_file(&t.socket);
+        }
+        for h in self.output {
+            h.abort();
+        }
+        if let Some(h) = self.input {
+            h.abort();
+        }
+    }
 }
 
 /// Waits for the exit, then for the output to drain, then publishes the exit.
