@@ -910,6 +910,10 @@ struct PendingTty {
     master: std::thread::JoinHandle<std::io::Result<OwnedFd>>,
 }
 
+/// What [`PendingStdio::prepare`] gives: the pending stdio, the process's fds (pipes) and
+/// the console socket path (terminal).
+type Prepared = (PendingStdio, Option<[OwnedFd; 3]>, Option<PathBuf>);
+
 /// The agent side of a running process's stdio.
 struct Wired {
     output: Vec<JoinHandle<()>>,
@@ -926,7 +930,7 @@ impl PendingStdio {
         stdin: Option<crate::streams::Stream>,
         stdout: Option<crate::streams::Stream>,
         stderr: Option<crate::streams::Stream>,
-    ) -> Result<(PendingStdio, Option<[OwnedFd; 3]>, Option<PathBuf>), SandboxError> {
+    ) -> Result<Prepared, SandboxError> {
         if !terminal {
             let w = stdio::pipes(stdin, stdout, stderr).map_err(io_err("creating stdio pipes"))?;
             let pending = PendingStdio {
