@@ -8,7 +8,7 @@
 
 #![deny(missing_docs)]
 
-/// Protobuf messages of `hull.agent.v1` (generated).
+/// The generated code, with the lints generated code cannot meet switched off once here.
 #[allow(
     missing_docs,
     clippy::all,
@@ -25,30 +25,19 @@
     unused_mut,
     unknown_lints
 )]
-pub mod agent {
-    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+mod generated {
+    pub mod agent {
+        include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+    }
+    pub mod agent_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+    }
 }
 
+/// Protobuf messages of `hull.agent.v1` (generated).
+pub use generated::agent;
 /// Async ttrpc client and server bindings of `hull.agent.v1` (generated).
-#[allow(
-    missing_docs,
-    clippy::all,
-    clippy::pedantic,
-    missing_debug_implementations,
-    unused_attributes,
-    dead_code,
-    non_camel_case_types,
-    non_snake_case,
-    non_upper_case_globals,
-    trivial_casts,
-    unused_imports,
-    unused_results,
-    unused_mut,
-    unknown_lints
-)]
-pub mod agent_ttrpc {
-    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
-}
+pub use generated::agent_ttrpc;
 
 /// The protocol's major version: the `v1` of the `hull.agent.v1` package.
 pub const PROTOCOL_MAJOR: u32 = 1;

@@ -110,30 +110,8 @@ fn exec_kill_and_delete_of_a_detached_task() {
 
     let out = c.ctr(&["task", "kill", "-s", "SIGKILL", "hull-t-detach"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    // `task rm` waits for nothing: poll until the task reports stopped.
-    let mut stopped = false;
-    for _ in 0..100 {
-        let out = c.ctr(&["task", "ls"]);
-        if text(&out.stdout)
-            .lines()
-            .any(|l| l.starts_with("hull-t-detach") && l.contains("STOPPED"))
-        {
-            stopped = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(
-        stopped,
-        "the task never stopped: {}",
-        text(&c.ctr(&["task", "ls"]).stdout)
-    );
-    let out = c.ctr(&["task", "rm", "hull-t-detach"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = c.ctr(&["container", "rm", "hull-t-detach"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_pod_gone("hull-t-detach");
+    wait_stopped(&c, "hull-t-detach");
+    remove(&c, "hull-t-detach");
 }
 
 #[test]
@@ -192,19 +170,8 @@ fn two_containers_of_one_sandbox_share_one_vm() {
         .ctr(&["task", "kill", "-s", "SIGKILL", "hull-t-pod"])
         .status
         .success());
-    for _ in 0..100 {
-        if text(&c.ctr(&["task", "ls"]).stdout)
-            .lines()
-            .any(|l| l.starts_with("hull-t-pod ") && l.contains("STOPPED"))
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(c.ctr(&["task", "rm", "hull-t-pod"]).status.success());
-    assert!(c.ctr(&["container", "rm", "hull-t-pod"]).status.success());
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_pod_gone("hull-t-pod");
+    wait_stopped(&c, "hull-t-pod");
+    remove(&c, "hull-t-pod");
 }
 
 #[test]
