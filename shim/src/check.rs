@@ -49,6 +49,8 @@ pub enum BackendRequest {
     Auto,
     /// QEMU, with the accelerator forced or probed.
     Qemu(Option<Accel>),
+    /// hull's own VMM.
+    HullVmm,
 }
 
 /// The backend hull would use, and why.
@@ -104,6 +106,13 @@ pub fn choose_backend(
         ));
     }
     let (accel, reason) = match (request, kvm) {
+        (BackendRequest::HullVmm, _) => {
+            return Err(
+                "backend hull-vmm was asked for, but this build of hull cannot \
+                        use it yet (issue 3); use backend = \"qemu\" or \"auto\""
+                    .into(),
+            );
+        }
         (BackendRequest::Qemu(Some(Accel::Kvm)), v) if v != KvmVerdict::Native => {
             return Err(format!(
                 "accelerator kvm was asked for, but KVM is {v:?} on this host"
@@ -192,18 +201,51 @@ fn image_file(path: &Path) -> ImageFile {
     }
 }
 
-/// Runs every check.
+/// Runs every check, the KVM probe afresh (and records its verdict for [`run_cached`]).
 pub async fn run(request: BackendRequest, image: &GuestImage) -> CheckReport {
-    let kvm = tokio::task::spawn_blocking(kvm_probe::probe)
+    let kvm = probe_off_thread(|| {
+        let p = kvm_probe::probe();
+        kvm_probe::store(Path::new(kvm_probe::CACHE_PATH), &p);
+        p
+    })
+    .await;
+    let qemu = tool(DEFAULT_QEMU).await;
+    let vsock_daemon = tool(DEFAULT_VSOCK_DAEMON).await;
+    report(request, image, kvm, qemu, vsock_daemon)
+}
+
+/// What a shim needs before booting a pod, fast: the KVM verdict recorded earlier on this
+/// boot of the host (probing only if there is none) and the tools looked up in PATH
+/// without running them.
+pub async fn run_cached(request: BackendRequest, image: &GuestImage) -> CheckReport {
+    let kvm = probe_off_thread(|| kvm_probe::probe_cached(Path::new(kvm_probe::CACHE_PATH))).await;
+    let found = |name: &str| Tool {
+        name: name.into(),
+        path: which(name),
+        detail: String::new(),
+    };
+    let (qemu, vsock_daemon) = (found(DEFAULT_QEMU), found(DEFAULT_VSOCK_DAEMON));
+    report(request, image, kvm, qemu, vsock_daemon)
+}
+
+async fn probe_off_thread(f: impl FnOnce() -> KvmProbe + Send + 'static) -> KvmProbe {
+    tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| KvmProbe {
             verdict: KvmVerdict::Unavailable,
             reasons: vec![format!("the probe thread failed: {e}")],
             ns_per_instruction: None,
             modules: vec![],
-        });
-    let qemu = tool(DEFAULT_QEMU).await;
-    let vsock_daemon = tool(DEFAULT_VSOCK_DAEMON).await;
+        })
+}
+
+fn report(
+    request: BackendRequest,
+    image: &GuestImage,
+    kvm: KvmProbe,
+    qemu: Tool,
+    vsock_daemon: Tool,
+) -> CheckReport {
     let backend = choose_backend(request, kvm.verdict, qemu.ok(), vsock_daemon.ok());
     CheckReport {
         kvm,

@@ -4,6 +4,8 @@
 //! Run with one test thread (the Makefile does): the leak test counts hull's footprint on
 //! the whole host.
 
+use std::process::Output;
+
 use hull_tests::{image_kernel_release, processes_mentioning, Containerd};
 
 fn text(b: &[u8]) -> String {
@@ -191,13 +193,100 @@ fn a_missing_kernel_fails_the_create_naming_it_and_leaves_nothing() {
     assert_pod_gone("hull-t-nokernel");
 }
 
+/// `ctr run --runtime-config-path CONFIG` (containerd passes it to the shim as the
+/// `ConfigPath` of `runtimeoptions.v1.Options`, as the CRI plugin does for a runtime's
+/// `options`).
+fn run_with_config(c: &Containerd, config: &std::path::Path, id: &str, args: &[&str]) -> Output {
+    let config = config.to_str().unwrap();
+    let mut a = vec![
+        "run",
+        "--runtime",
+        "io.containerd.hull.v2",
+        "--runtime-config-path",
+        config,
+        "--rm",
+        hull_tests::TEST_IMAGE,
+        id,
+    ];
+    a.extend_from_slice(args);
+    c.ctr(&a)
+}
+
+#[test]
+fn the_config_file_named_by_the_runtime_options_sizes_the_vm() {
+    let c = start();
+    let config = c.dir.path().join("hull.toml");
+    std::fs::write(
+        &config,
+        "backend = \"auto\"\nlog_level = \"debug\"\n[guest]\nvcpus = 2\nmemory_mib = 384\n",
+    )
+    .unwrap();
+    let out = run_with_config(
+        &c,
+        &config,
+        "hull-t-config",
+        &["sh", "-c", "nproc; grep MemTotal /proc/meminfo"],
+    );
+    assert!(out.status.success(), "ctr run: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("2"),
+        "vcpus = 2 reached the guest: {stdout}"
+    );
+    let kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {stdout:?}"));
+    // MemTotal is RAM minus what the kernel reserved: above the 256 MiB default, at most 384.
+    assert!(
+        (300 * 1024..=384 * 1024).contains(&kib),
+        "memory_mib = 384 should give the guest ~384 MiB, MemTotal is {kib} KiB"
+    );
+    assert_pod_gone("hull-t-config");
+}
+
+#[test]
+fn a_broken_config_fails_the_create_naming_the_file_and_key_and_leaves_nothing() {
+    let c = start();
+    let config = c.dir.path().join("broken.toml");
+    std::fs::write(&config, "[guest]\nmemory = 512\n").unwrap();
+    let out = run_with_config(&c, &config, "hull-t-badconfig", &["true"]);
+    assert!(
+        !out.status.success(),
+        "a broken config must fail the create"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(config.to_str().unwrap()) && err.contains("unknown field `memory`"),
+        "the error should name the file and the key: {err}"
+    );
+    let missing = c.dir.path().join("absent.toml");
+    let out = run_with_config(&c, &missing, "hull-t-badconfig", &["true"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(missing.to_str().unwrap()) && err.contains("No such file"),
+        "the error should name the missing file: {err}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_pod_gone("hull-t-badconfig");
+}
+
 /// Everything hull could leave on the host: shim and VM processes, pod state, mounts below
 /// /run/hull, shim sockets.
 fn hull_footprint() -> (usize, usize, usize, usize) {
     let procs = processes_mentioning("containerd-shim-hull-v2").len()
         + processes_mentioning("/run/hull/").len();
+    // Pod state directories; dotfiles are host-wide caches (the recorded KVM verdict).
     let state = std::fs::read_dir("/run/hull")
-        .map(|d| d.count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
         .unwrap_or(0);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()

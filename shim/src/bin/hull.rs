@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hull_shim::backend::qemu::Accel;
 use hull_shim::check::{self, BackendRequest};
-use hull_shim::image::GuestImage;
+use hull_shim::config::{Config as HullConfig, ConfigError, DEFAULT_CONFIG_PATH};
 use hull_shim::vm::{StopOutcome, Vm, VmConfig};
 
 #[derive(Parser)]
@@ -65,57 +65,77 @@ enum Bench {
 
 #[derive(Args, Clone)]
 struct VmArgs {
-    /// Guest kernel (default: $HULL_KERNEL or /usr/local/share/hull/vmlinux).
+    /// hull's config file (default: $HULL_CONFIG, else /etc/hull/config.toml if it exists).
+    /// The flags below override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Guest kernel (default: from the config, $HULL_KERNEL, or
+    /// /usr/local/share/hull/vmlinux).
     #[arg(long)]
     kernel: Option<PathBuf>,
-    /// Guest initramfs (default: $HULL_INITRD or /usr/local/share/hull/initramfs.cpio).
+    /// Guest initramfs (default: from the config, $HULL_INITRD, or
+    /// /usr/local/share/hull/initramfs.cpio).
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// Accelerator: kvm or tcg (default: probe).
+    /// QEMU accelerator: kvm or tcg (default: from the config, else probe).
     #[arg(long)]
     accel: Option<Accel>,
-    /// vCPUs.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u32,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
-    memory: u32,
-    /// Extra kernel command line.
-    #[arg(long, default_value = "")]
-    cmdline: String,
+    /// vCPUs (default: from the config, else 1).
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Guest memory in MiB (default: from the config, else 256).
+    #[arg(long)]
+    memory: Option<u32>,
+    /// Extra kernel command line (default: the config's kernel_params).
+    #[arg(long)]
+    cmdline: Option<String>,
     /// Parent of the VMs' state directories.
     #[arg(long, default_value = hull_shim::DEFAULT_STATE_ROOT)]
     state_root: PathBuf,
-    /// Boot deadline in seconds.
-    #[arg(long, default_value_t = 30)]
-    boot_timeout: u64,
+    /// Boot deadline in seconds (default: from the config, else 30).
+    #[arg(long)]
+    boot_timeout: Option<u64>,
+}
+
+/// What the flags and the config file ask for, together.
+struct Resolved {
+    config: HullConfig,
+    request: BackendRequest,
+    vm: VmConfig,
 }
 
 impl VmArgs {
-    fn image(&self) -> GuestImage {
-        let env = GuestImage::from_env();
-        GuestImage {
-            kernel: self.kernel.clone().unwrap_or(env.kernel),
-            initrd: self.initrd.clone().unwrap_or(env.initrd),
+    fn resolve(&self) -> Result<Resolved, ConfigError> {
+        let mut config = HullConfig::load(self.config.as_deref())?;
+        if let Some(k) = &self.kernel {
+            config.image.kernel = k.clone();
         }
-    }
-
-    fn request(&self) -> BackendRequest {
-        match self.accel {
+        if let Some(i) = &self.initrd {
+            config.image.initrd = i.clone();
+        }
+        if let Some(v) = self.vcpus {
+            config.vcpus = v;
+        }
+        if let Some(m) = self.memory {
+            config.memory_mib = m;
+        }
+        if let Some(c) = &self.cmdline {
+            config.kernel_params = c.clone();
+        }
+        if let Some(t) = self.boot_timeout {
+            config.boot_timeout = Duration::from_secs(t);
+        }
+        let request = match self.accel {
             Some(a) => BackendRequest::Qemu(Some(a)),
-            None => BackendRequest::Auto,
-        }
-    }
-
-    fn config(&self) -> VmConfig {
-        let image = self.image();
-        let mut c = VmConfig::new(image.kernel, image.initrd);
-        c.vcpus = self.vcpus;
-        c.memory_mib = self.memory;
-        c.extra_cmdline = self.cmdline.clone();
-        c.state_root = self.state_root.clone();
-        c.boot_timeout = Duration::from_secs(self.boot_timeout);
-        c
+            None => config.backend_request(),
+        };
+        let mut vm = config.vm_config();
+        vm.state_root = self.state_root.clone();
+        Ok(Resolved {
+            config,
+            request,
+            vm,
+        })
     }
 }
 
@@ -156,13 +176,14 @@ fn print_check(r: &check::CheckReport) {
 }
 
 async fn boot_one(args: &VmArgs, id: &str) -> Result<(Vm, check::BackendChoice)> {
-    let report = check::run(args.request(), &args.image()).await;
+    let r = args.resolve()?;
+    let report = check::run(r.request, &r.config.image).await;
     let choice = report
         .backend
         .map_err(anyhow::Error::msg)
         .context("choosing a backend")?;
     let hv = check::hypervisor(&choice);
-    let vm = Vm::boot(&hv, id, &args.config()).await?;
+    let vm = Vm::boot(&hv, id, &r.vm).await?;
     Ok((vm, choice))
 }
 
@@ -275,7 +296,24 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { json, vm } => {
-            let report = check::run(vm.request(), &vm.image()).await;
+            let resolved = match vm.resolve() {
+                Ok(r) => r,
+                Err(e) => {
+                    println!("config:     INVALID — {e}");
+                    println!("ready:      no");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if !json {
+                println!(
+                    "config:     {}",
+                    resolved.config.source.as_deref().map_or(
+                        format!("none ({DEFAULT_CONFIG_PATH} absent): defaults"),
+                        |p| format!("{} (valid)", p.display())
+                    )
+                );
+            }
+            let report = check::run(resolved.request, &resolved.config.image).await;
             if json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => println!("{s}"),

@@ -320,12 +320,20 @@ impl Container {
 /// What the pod does when a process exits (the service publishes events).
 pub type ExitHook = Arc<dyn Fn(&Proc, &Exited) + Send + Sync>;
 
+/// How a pod's VM is made: the configuration and backend resolved at its first create.
+#[derive(Debug)]
+pub struct VmSetup {
+    /// How the VM boots.
+    pub vm_cfg: VmConfig,
+    /// The backend that runs it.
+    pub hypervisor: Box<dyn crate::backend::Hypervisor>,
+}
+
 /// The pod.
 pub struct Pod {
     /// The pod id (sandbox id, or the container id for a plain `ctr run`).
     pub id: String,
-    vm_cfg: VmConfig,
-    hypervisor: Box<dyn crate::backend::Hypervisor>,
+    setup: Mutex<Option<Arc<VmSetup>>>,
     vm: tokio::sync::Mutex<Option<Vm>>,
     agent: Mutex<Option<Agent>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
@@ -341,22 +349,40 @@ impl std::fmt::Debug for Pod {
 }
 
 impl Pod {
-    /// A pod with no VM yet.
-    pub fn new(
-        id: &str,
-        vm_cfg: VmConfig,
-        hypervisor: Box<dyn crate::backend::Hypervisor>,
-        on_exit: ExitHook,
-    ) -> Arc<Pod> {
+    /// A pod with no VM yet; [`Pod::configure`] says how to make it.
+    pub fn new(id: &str, on_exit: ExitHook) -> Arc<Pod> {
         Arc::new(Pod {
             id: id.into(),
-            vm_cfg,
-            hypervisor,
+            setup: Mutex::new(None),
             vm: tokio::sync::Mutex::new(None),
             agent: Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
             on_exit,
         })
+    }
+
+    /// Whether the pod's VM setup is decided (by an earlier create).
+    pub fn is_configured(&self) -> bool {
+        self.setup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Decides how the pod's VM is made, unless an earlier create already did.
+    pub fn configure(&self, setup: VmSetup) {
+        let mut slot = self.setup.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(Arc::new(setup));
+        }
+    }
+
+    fn vm_setup(&self) -> Result<Arc<VmSetup>, PodError> {
+        self.setup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| PodError::FailedPrecondition("the pod's VM is not configured".into()))
     }
 
     /// The container `id`.
@@ -401,7 +427,8 @@ impl Pod {
         }
         // This shim owns the pod id (it holds the pod's socket): a state directory left by a
         // dead predecessor is stale, and would block the boot.
-        let stale = self.vm_cfg.state_root.join(&self.id);
+        let setup = self.vm_setup()?;
+        let stale = setup.vm_cfg.state_root.join(&self.id);
         if stale.exists() {
             log::warn!(
                 "pod {}: cleaning up stale state {}",
@@ -410,7 +437,7 @@ impl Pod {
             );
             crate::vm::cleanup_dead(&stale);
         }
-        let vm = Vm::boot(self.hypervisor.as_ref(), &self.id, &self.vm_cfg).await?;
+        let vm = Vm::boot(setup.hypervisor.as_ref(), &self.id, &setup.vm_cfg).await?;
         let agent = vm.agent().clone();
         let share = vm
             .share_dir()
