@@ -406,12 +406,19 @@ mod tests {
         // Uncommenting every key keeps it valid.
         let uncommented: String = text
             .lines()
-            .map(|l| l.strip_prefix('#').filter(|r| r.contains(" = ")).unwrap_or(l))
+            .map(|l| {
+                l.strip_prefix('#')
+                    .filter(|r| r.contains(" = "))
+                    .unwrap_or(l)
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         let u = Config::parse(&uncommented, None).unwrap();
         assert_eq!(u.vm_config().cmdline(), c.vm_config().cmdline());
-        assert_eq!((u.vcpus, u.memory_mib, u.boot_timeout), (1, 256, c.boot_timeout));
+        assert_eq!(
+            (u.vcpus, u.memory_mib, u.boot_timeout),
+            (1, 256, c.boot_timeout)
+        );
     }
 
     #[test]

@@ -275,6 +275,79 @@ fn a_broken_config_fails_the_create_naming_the_file_and_key_and_leaves_nothing()
     assert_pod_gone("hull-t-badconfig");
 }
 
+/// `ctr run --log-uri URI` (stdout and stderr both name the URI, as containerd does).
+fn run_with_log_uri(c: &Containerd, uri: &str, id: &str, args: &[&str]) -> Output {
+    let mut a = vec![
+        "run",
+        "--runtime",
+        "io.containerd.hull.v2",
+        "--log-uri",
+        uri,
+        "--rm",
+        hull_tests::TEST_IMAGE,
+        id,
+    ];
+    a.extend_from_slice(args);
+    c.ctr(&a)
+}
+
+#[test]
+fn file_and_binary_log_uris_receive_all_output() {
+    let c = start();
+    let script = ["sh", "-c", "echo out; echo err >&2; seq 1 2000; exit 3"];
+    let log = c.dir.path().join("logs/file.log");
+    let out = run_with_log_uri(
+        &c,
+        &format!("file://{}", log.display()),
+        "hull-t-filelog",
+        &script,
+    );
+    assert_eq!(out.status.code(), Some(3), "ctr: {}", text(&out.stderr));
+    let written = std::fs::read_to_string(&log).unwrap();
+    let expected_seq: String = (1..=2000).map(|n| format!("{n}\n")).collect();
+    assert!(
+        written.contains("out\n") && written.contains("err\n") && written.contains(&expected_seq),
+        "file:// log lacks output ({} bytes)",
+        written.len()
+    );
+
+    // A logging binary: stdout on fd 3, stderr on fd 4, readiness on fd 5.
+    let dir = c.dir.path().join("binlog");
+    std::fs::create_dir_all(&dir).unwrap();
+    let logger = dir.join("logger.sh");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\nexec 5>&-\ncat <&3 >\"$2/out\" & cat <&4 >\"$2/err\" & wait\n\
+         echo \"$CONTAINER_ID $CONTAINER_NAMESPACE\" >\"$2/env\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}?dir={}", logger.display(), dir.display());
+    let out = run_with_log_uri(&c, &uri, "hull-t-binlog", &script);
+    assert_eq!(out.status.code(), Some(3), "ctr: {}", text(&out.stderr));
+    let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap_or_default();
+    assert_eq!(read("out"), format!("out\n{expected_seq}"));
+    assert_eq!(read("err"), "err\n");
+    assert_eq!(read("env").trim(), "hull-t-binlog hull-test");
+
+    let out = run_with_log_uri(
+        &c,
+        "binary:///nonexistent/logger",
+        "hull-t-badlog",
+        &["true"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/nonexistent/logger"),
+        "the error should name the logging binary: {}",
+        text(&out.stderr)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for id in ["hull-t-filelog", "hull-t-binlog", "hull-t-badlog"] {
+        assert_pod_gone(id);
+    }
+}
+
 /// Everything hull could leave on the host: shim and VM processes, pod state, mounts below
 /// /run/hull, shim sockets.
 fn hull_footprint() -> (usize, usize, usize, usize) {

@@ -5,6 +5,7 @@
 //! pod of its own. Handlers are thin: validate, call [`pod::Pod`], map the error to a ttrpc
 //! code, publish the event containerd's runtime v2 contract asks for.
 
+pub mod logging;
 pub mod pod;
 pub mod stdio;
 
@@ -165,7 +166,7 @@ impl Shim for HullShim {
         });
         let pod_id = pod_id_of(&std::env::current_dir().unwrap_or_default(), &self.id);
         TaskService {
-            pod: Pod::new(&pod_id, on_exit),
+            pod: Pod::new(&pod_id, &self.namespace, on_exit),
             publisher,
             namespace: self.namespace.clone(),
             exit: self.exit.clone(),

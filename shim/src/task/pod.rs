@@ -20,7 +20,7 @@ use crate::agent::{Agent, AgentError};
 use crate::backend::qemu::SHARE_TAG;
 use crate::vm::{Vm, VmConfig, VmError};
 
-use super::stdio;
+use super::{logging, stdio};
 
 /// Errors of pod operations; each maps to one ttrpc code.
 #[derive(Debug, Error)]
@@ -134,6 +134,8 @@ pub struct Proc {
     pub spec: Vec<u8>,
     io_tasks: Mutex<Vec<JoinHandle<()>>>,
     stdin_task: Mutex<Option<JoinHandle<()>>>,
+    /// The `binary://` logging program, if output goes to one.
+    logger: Mutex<Option<tokio::process::Child>>,
 }
 
 impl Proc {
@@ -148,6 +150,7 @@ impl Proc {
             spec,
             io_tasks: Mutex::new(vec![]),
             stdin_task: Mutex::new(None),
+            logger: Mutex::new(None),
         })
     }
 
@@ -214,32 +217,50 @@ impl Proc {
 
     /// Opens the agent streams for this process's stdio and starts the bridges. Returns
     /// the stream ids to name in the agent request.
-    async fn connect_stdio(&self, agent: &Agent) -> Result<MessageField<StdioStreams>, PodError> {
-        let ids = self.stream_ids();
-        let paths = [&self.stdio.stdin, &self.stdio.stdout, &self.stdio.stderr];
-        for (i, (id, path)) in ids.iter().zip(paths).enumerate() {
-            if id.is_empty() {
-                continue;
-            }
-            let stream = agent.open_stream(id).await?;
-            let path = Path::new(path);
-            if i == 0 {
-                *self.stdin_task.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(stdio::fifo_to_input(stream, path));
+    async fn connect_stdio(
+        &self,
+        agent: &Agent,
+        namespace: &str,
+    ) -> Result<MessageField<StdioStreams>, PodError> {
+        let [stdin_id, stdout_id, stderr_id] = self.stream_ids();
+        let mut outputs = logging::open(
+            if stdout_id.is_empty() {
+                ""
             } else {
-                let t = stdio::output_to_fifo(stream, path)
-                    .map_err(io(format!("opening {}", path.display())))?;
-                self.io_tasks
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(t);
-            }
+                &self.stdio.stdout
+            },
+            if stderr_id.is_empty() {
+                ""
+            } else {
+                &self.stdio.stderr
+            },
+            &self.container_id,
+            namespace,
+        )
+        .await
+        .map_err(|e| PodError::InvalidArgument(e.to_string()))?;
+        *self.logger.lock().unwrap_or_else(|e| e.into_inner()) = outputs.logger.take();
+        for (id, out) in [
+            (&stdout_id, outputs.stdout.take()),
+            (&stderr_id, outputs.stderr.take()),
+        ] {
+            let Some(out) = out else { continue };
+            let stream = agent.open_stream(id).await?;
+            let t = stdio::copy_output(stream, out);
+            self.io_tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(t);
         }
-        let [stdin, stdout, stderr] = ids;
+        if !stdin_id.is_empty() {
+            let stream = agent.open_stream(&stdin_id).await?;
+            *self.stdin_task.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(stdio::fifo_to_input(stream, Path::new(&self.stdio.stdin)));
+        }
         Ok(MessageField::some(StdioStreams {
-            stdin,
-            stdout,
-            stderr,
+            stdin: stdin_id,
+            stdout: stdout_id,
+            stderr: stderr_id,
             ..Default::default()
         }))
     }
@@ -251,6 +272,11 @@ impl Proc {
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
+        let logger = self.logger.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(child) = logger {
+            // Its input is complete; containerd's shims let it finish before the exit.
+            logging::finish_logger(child).await;
+        }
         let e = Exited { status, at: now() };
         self.set_status(Status::Stopped);
         let _ = self.exit.send(Some(e.clone()));
@@ -258,6 +284,8 @@ impl Proc {
     }
 
     fn abort_io(&self) {
+        // Dropping the child kills it (kill_on_drop).
+        drop(self.logger.lock().unwrap_or_else(|e| e.into_inner()).take());
         for t in self
             .io_tasks
             .lock()
@@ -333,6 +361,8 @@ pub struct VmSetup {
 pub struct Pod {
     /// The pod id (sandbox id, or the container id for a plain `ctr run`).
     pub id: String,
+    /// containerd's namespace of the pod's containers.
+    pub namespace: String,
     setup: Mutex<Option<Arc<VmSetup>>>,
     vm: tokio::sync::Mutex<Option<Vm>>,
     agent: Mutex<Option<Agent>>,
@@ -350,9 +380,10 @@ impl std::fmt::Debug for Pod {
 
 impl Pod {
     /// A pod with no VM yet; [`Pod::configure`] says how to make it.
-    pub fn new(id: &str, on_exit: ExitHook) -> Arc<Pod> {
+    pub fn new(id: &str, namespace: &str, on_exit: ExitHook) -> Arc<Pod> {
         Arc::new(Pod {
             id: id.into(),
+            namespace: namespace.into(),
             setup: Mutex::new(None),
             vm: tokio::sync::Mutex::new(None),
             agent: Mutex::new(None),
@@ -550,7 +581,7 @@ impl Pod {
                 })?;
         }
         let proc = Proc::new(id, "", stdio, vec![]);
-        let streams = proc.connect_stdio(agent).await?;
+        let streams = proc.connect_stdio(agent, &self.namespace).await?;
         let (client, ctx) = agent.raw();
         let req = ag::CreateContainerRequest {
             container_id: id.into(),
@@ -638,7 +669,7 @@ impl Pod {
                     source,
                 })?;
         } else {
-            let streams = p.connect_stdio(&agent).await?;
+            let streams = p.connect_stdio(&agent, &self.namespace).await?;
             let r = client
                 .exec_process(
                     ctx,
