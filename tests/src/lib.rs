@@ -107,6 +107,7 @@ pub struct Containerd {
     pub dir: tempfile::TempDir,
     /// The namespace tests use.
     pub namespace: &'static str,
+    env: Vec<(String, String)>,
 }
 
 /// The image the tests run.
@@ -132,6 +133,10 @@ impl Containerd {
         let c = Containerd {
             dir,
             namespace: "hull-test",
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let image = c.dir.path().join("busybox.tar");
         let st =
@@ -148,6 +153,19 @@ impl Containerd {
             String::from_utf8_lossy(&out.stderr)
         );
         c
+    }
+
+    /// Restarts containerd alone, as an upgrade or a crash does: shims and their tasks live
+    /// on and containerd must find them again.
+    pub fn restart(&self) {
+        let st = std::process::Command::new(workspace().join("scripts/containerd-private.sh"))
+            .arg("restart")
+            .arg(self.dir.path())
+            .arg(shim_dir())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .status()
+            .unwrap();
+        assert!(st.success(), "restarting the private containerd failed");
     }
 
     /// Runs `ctr` against this containerd.
@@ -190,11 +208,44 @@ impl Containerd {
 }
 
 impl Drop for Containerd {
+    /// Also cleans up after a test that failed half-way: its tasks are killed and deleted
+    /// through containerd, and shims that outlive containerd (as shims do) are killed and
+    /// their pods' state cleaned, so one failure does not leave VMs that break later tests.
     fn drop(&mut self) {
+        let ids: Vec<String> =
+            String::from_utf8_lossy(&self.ctr(&["containers", "ls", "-q"]).stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+        for id in &ids {
+            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        }
+        for id in &ids {
+            for _ in 0..50 {
+                if self.ctr(&["task", "rm", id]).status.success()
+                    || !String::from_utf8_lossy(&self.ctr(&["task", "ls", "-q"]).stdout)
+                        .lines()
+                        .any(|l| l == id)
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = self.ctr(&["containers", "rm", id]);
+        }
         let _ = std::process::Command::new(workspace().join("scripts/containerd-private.sh"))
             .arg("stop")
             .arg(self.dir.path())
             .status();
+        let address = self.dir.path().join("containerd.sock");
+        for pid in processes_mentioning(&format!("-address {}", address.display())) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+        for id in &ids {
+            hull_shim::vm::cleanup_dead(&Path::new(hull_shim::DEFAULT_STATE_ROOT).join(id));
+        }
     }
 }
 

@@ -83,17 +83,7 @@ fn ctr_run_runs_on_the_guest_kernel_with_stdio_and_exit_codes() {
 #[test]
 fn exec_kill_and_delete_of_a_detached_task() {
     let c = start();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.hull.v2",
-        hull_tests::TEST_IMAGE,
-        "hull-t-detach",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    run_detached(&c, "hull-t-detach");
     let out = c.ctr(&[
         "task",
         "exec",
@@ -439,6 +429,106 @@ fn remove(c: &Containerd, id: &str) {
     assert!(out.status.success(), "container rm: {}", text(&out.stderr));
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_pod_gone(id);
+}
+
+/// Calls the shim's Task API directly, as containerd does: ctr 1.6 has no `task update`
+/// (the CRI plugin's UpdateContainerResources ends in the same call).
+fn update_through_the_shim(c: &Containerd, id: &str, resources: serde_json::Value) {
+    use containerd_shim_protos::api::UpdateTaskRequest;
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::shim_async::{Client, TaskClient};
+    let address_file = c
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task")
+        .join(c.namespace)
+        .join(id)
+        .join("address");
+    let address = std::fs::read_to_string(&address_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", address_file.display()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = TaskClient::new(Client::connect(address.trim()).await.unwrap());
+        let mut any = Any::new();
+        // containerd's typeurl for specs.LinuxResources; the value is JSON.
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+        any.value = serde_json::to_vec(&resources).unwrap();
+        let req = UpdateTaskRequest {
+            id: id.into(),
+            resources: containerd_shim_protos::protobuf::MessageField::some(any),
+            ..Default::default()
+        };
+        let ctx = ttrpc::context::with_timeout(20_000_000_000);
+        client
+            .update(ctx, &req)
+            .await
+            .expect("Update through the shim");
+    });
+}
+
+#[test]
+fn update_reaches_the_containers_cgroup_in_the_guest() {
+    let c = start();
+    run_detached(&c, "hull-t-update");
+    // ctr's spec mounts no cgroupfs in the container; the limits come back through the
+    // shim's Stats (the guest's cgroup v2 files, read by the agent).
+    let limits = || {
+        let out = c.ctr(&["task", "metrics", "--format", "json", "hull-t-update"]);
+        assert!(out.status.success(), "metrics: {}", text(&out.stderr));
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("metrics JSON: {e}: {}", text(&out.stdout)));
+        (
+            m["memory"]["usage_limit"].as_u64(),
+            m["pids"]["limit"].as_u64(),
+        )
+    };
+    let (mem_before, _) = limits();
+    assert_ne!(mem_before, Some(100 * 1024 * 1024));
+    update_through_the_shim(
+        &c,
+        "hull-t-update",
+        serde_json::json!({"memory": {"limit": 100 * 1024 * 1024}, "pids": {"limit": 77}}),
+    );
+    assert_eq!(limits(), (Some(100 * 1024 * 1024), Some(77)));
+    assert!(c
+        .ctr(&["task", "kill", "-s", "SIGKILL", "hull-t-update"])
+        .status
+        .success());
+    wait_stopped(&c, "hull-t-update");
+    remove(&c, "hull-t-update");
+}
+
+#[test]
+fn a_restarted_containerd_finds_its_running_hull_tasks_again() {
+    let c = start();
+    run_detached(&c, "hull-t-restart");
+    c.restart();
+    let ls = text(&c.ctr(&["task", "ls"]).stdout);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("hull-t-restart") && l.contains("RUNNING")),
+        "after the restart: {ls}"
+    );
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "hull-t-restart",
+        "echo",
+        "still here",
+    ]);
+    assert!(out.status.success(), "exec: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "still here\n");
+    assert!(c
+        .ctr(&["task", "kill", "-s", "SIGKILL", "hull-t-restart"])
+        .status
+        .success());
+    wait_stopped(&c, "hull-t-restart");
+    remove(&c, "hull-t-restart");
 }
 
 #[test]

@@ -68,15 +68,26 @@ pub async fn start_pod_shim(opts: StartOpts) -> Result<String, Error> {
     let cwd = std::env::current_dir().map_err(|e| Error::Other(format!("cwd: {e}")))?;
     let grouping = pod_id_of(&cwd, &opts.id);
     let address = opts.socket_address(&grouping);
-    if let Some(path) = address.strip_prefix("unix://") {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Ok(address);
+    let joined = match address.strip_prefix("unix://") {
+        Some(path) if std::os::unix::net::UnixStream::connect(path).is_ok() => true,
+        Some(path) => {
+            // Nobody serves it: a dead shim's socket file, which would keep the new one
+            // from binding.
+            let _ = std::fs::remove_file(path);
+            false
         }
-        // Nobody serves it: a dead shim's socket file, which would keep the new one from
-        // binding.
-        let _ = std::fs::remove_file(path);
-    }
-    spawn(opts, &grouping, Vec::new()).await
+        None => false,
+    };
+    let address = if joined {
+        address
+    } else {
+        spawn(opts, &grouping, Vec::new()).await?
+    };
+    // containerd reconnects to running shims after a restart by reading `address` in each
+    // bundle (runtime v2 `loadShims`); writing it is the shim's job, as runc's shim does.
+    std::fs::write(cwd.join("address"), &address)
+        .map_err(|e| Error::Other(format!("writing {}/address: {e}", cwd.display())))?;
+    Ok(address)
 }
 
 /// containerd 1.6's `start` contract: the flags and `TTRPC_ADDRESS` carry the parameters,
