@@ -175,8 +175,15 @@ impl Containerd {
 
     /// Runs `ctr` with `stdin` piped in.
     pub fn ctr_with_stdin(&self, args: &[&str], stdin: &[u8]) -> std::process::Output {
+        self.ctr_within(0, args, stdin)
+    }
+
+    /// Runs `ctr`, killed after `seconds` (0 = no limit; a hang then shows as exit 124).
+    pub fn ctr_within(&self, seconds: u32, args: &[&str], stdin: &[u8]) -> std::process::Output {
         use std::io::Write;
-        let mut child = std::process::Command::new("ctr")
+        let mut child = std::process::Command::new("timeout")
+            .arg(seconds.to_string())
+            .arg("ctr")
             .arg("-a")
             .arg(self.dir.path().join("containerd.sock"))
             .args(["-n", self.namespace])

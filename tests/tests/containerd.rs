@@ -215,7 +215,7 @@ fn the_config_file_named_by_the_runtime_options_sizes_the_vm() {
         &c,
         &config,
         "hull-t-config",
-        &["sh", "-c", "nproc; grep MemTotal /proc/meminfo"],
+        &["sh", "-c", "nproc; grep MemTotal /proc/meminfo; hostname"],
     );
     assert!(out.status.success(), "ctr run: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
@@ -235,6 +235,9 @@ fn the_config_file_named_by_the_runtime_options_sizes_the_vm() {
         (300 * 1024..=384 * 1024).contains(&kib),
         "memory_mib = 384 should give the guest ~384 MiB, MemTotal is {kib} KiB"
     );
+    // Like runc, a container without a spec hostname sees the host's name.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(lines.next(), Some(host.trim()), "hostname: {stdout}");
     assert_pod_gone("hull-t-config");
 }
 
@@ -577,7 +580,19 @@ fn a_killed_vm_ends_its_tasks_with_255_and_leaves_nothing() {
     wait_stopped(&c, "hull-t-vmkill");
     let ls = text(&c.ctr(&["task", "ls"]).stdout);
     assert!(ls.contains("STOPPED"), "{ls}");
-    remove(&c, "hull-t-vmkill");
+    // `rm -f` waits for the exit (Wait) before deleting: the recorded exit must answer it
+    // even though nobody was waiting when the VM died.
+    let out = c.ctr_within(30, &["task", "rm", "-f", "hull-t-vmkill"], b"");
+    assert!(
+        out.status.success(),
+        "task rm -f ({:?}): {}",
+        out.status.code(),
+        text(&out.stderr)
+    );
+    let out = c.ctr(&["container", "rm", "hull-t-vmkill"]);
+    assert!(out.status.success(), "container rm: {}", text(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_pod_gone("hull-t-vmkill");
 }
 
 #[test]

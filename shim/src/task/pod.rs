@@ -279,7 +279,7 @@ impl Proc {
         }
         let e = Exited { status, at: now() };
         self.set_status(Status::Stopped);
-        let _ = self.exit.send(Some(e.clone()));
+        self.exit.send_replace(Some(e.clone()));
         e
     }
 
@@ -448,7 +448,10 @@ impl Pod {
     }
 
     /// Boots the VM if it is not running; returns the agent and the share directory.
-    async fn ensure_vm(&self) -> Result<(Agent, PathBuf), PodError> {
+    /// `hostname` names the guest (the first container's spec hostname: the pod's, under
+    /// CRI); without one the guest takes the host's name, which is what a runc container
+    /// without a hostname sees in its new UTS namespace.
+    async fn ensure_vm(&self, hostname: Option<&str>) -> Result<(Agent, PathBuf), PodError> {
         let mut slot = self.vm.lock().await;
         if let Some(vm) = slot.as_ref() {
             let share = vm
@@ -479,6 +482,12 @@ impl Pod {
                 ctx,
                 &ag::CreateSandboxRequest {
                     share_tag: SHARE_TAG.into(),
+                    hostname: match hostname.filter(|h| !h.is_empty()) {
+                        Some(h) => h.to_string(),
+                        None => nix::unistd::gethostname()
+                            .map(|h| h.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    },
                     ..Default::default()
                 },
             )
@@ -530,7 +539,7 @@ impl Pod {
         let parsed: serde_json::Value = serde_json::from_slice(&spec).map_err(|e| {
             PodError::InvalidArgument(format!("{}/config.json: {e}", bundle.display()))
         })?;
-        let (agent, share) = self.ensure_vm().await?;
+        let (agent, share) = self.ensure_vm(parsed["hostname"].as_str()).await?;
         let target = share.join(id).join("rootfs");
         std::fs::create_dir_all(&target).map_err(io(format!("creating {}", target.display())))?;
         let result = self
@@ -870,7 +879,7 @@ impl Pod {
                         at: now(),
                     };
                     p.set_status(Status::Stopped);
-                    let _ = p.exit.send(Some(e.clone()));
+                    p.exit.send_replace(Some(e.clone()));
                     (self.on_exit)(&p, &e);
                 }
             }
