@@ -3,6 +3,7 @@
 //! * `hull check` — what this host supports and which backend hull would use.
 //! * `hull boot` — boot one microVM, print what its agent reports, shut it down.
 //! * `hull bench boot` — launch → agent `Check` answered, over N sequential boots.
+//! * `hull bench ctr` — `ctr run --rm` with hull vs runc, and PSS per running pod.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hull_shim::backend::qemu::Accel;
+use hull_shim::bench::ctr::CtrBench;
 use hull_shim::check::{self, BackendRequest};
 use hull_shim::config::{Config as HullConfig, ConfigError, DEFAULT_CONFIG_PATH};
 use hull_shim::vm::{StopOutcome, Vm, VmConfig};
@@ -60,6 +62,31 @@ enum Bench {
         json: Option<PathBuf>,
         #[command(flatten)]
         vm: VmArgs,
+    },
+    /// `ctr run --rm IMAGE true` with hull vs runc through one containerd (medians, ratio),
+    /// then the PSS of one running hull pod's host processes.
+    Ctr {
+        /// containerd's socket (it must have the hull runtime and the image).
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        address: PathBuf,
+        /// containerd namespace.
+        #[arg(long, default_value = "hull-bench")]
+        namespace: String,
+        /// The image to run (imported already).
+        #[arg(long, default_value = "docker.io/hull/busybox:latest")]
+        image: String,
+        /// Runs per runtime.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        count: usize,
+        /// The reference runtime.
+        #[arg(long, default_value = "io.containerd.runc.v2")]
+        reference: String,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// hull's config file (to report the accelerator the guest runs on).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -290,6 +317,35 @@ async fn cmd_bench_boot(args: VmArgs, count: usize, json: Option<PathBuf>) -> Re
     Ok(())
 }
 
+async fn cmd_bench_ctr(
+    bench: CtrBench,
+    json: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<()> {
+    if bench.runs == 0 {
+        bail!("--count must be at least 1");
+    }
+    // The accelerator the shim will pick: same config, same rule.
+    let cfg = HullConfig::load(config.as_deref())?;
+    let report = check::run_cached(cfg.backend_request(), &cfg.image).await;
+    let accel = match &report.backend {
+        Ok(c) => format!("{} {}", c.backend, c.accel),
+        Err(e) => bail!("no usable backend: {e}"),
+    };
+    let b = bench.clone();
+    let result = tokio::task::spawn_blocking(move || b.run(|line| eprintln!("{line}"))).await??;
+    print!("{}", result.table(&bench.runtime, &bench.reference, &accel));
+    if accel.ends_with("tcg") {
+        println!("(TCG: the guest runs in software emulation — not a KVM figure)");
+    }
+    if let Some(path) = json {
+        let doc = serde_json::json!({ "accelerator": accel, "result": result });
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -332,6 +388,29 @@ async fn main() -> ExitCode {
         Command::Bench {
             what: Bench::Boot { count, json, vm },
         } => cmd_bench_boot(vm, count, json).await,
+        Command::Bench {
+            what:
+                Bench::Ctr {
+                    address,
+                    namespace,
+                    image,
+                    count,
+                    reference,
+                    json,
+                    config,
+                },
+        } => {
+            let bench = CtrBench {
+                address,
+                namespace,
+                image,
+                runs: count,
+                runtime: "io.containerd.hull.v2".into(),
+                reference,
+                state_root: hull_shim::DEFAULT_STATE_ROOT.into(),
+            };
+            cmd_bench_ctr(bench, json, config).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
