@@ -54,7 +54,7 @@ unit: setup
 integration: guest-image
 	cargo build --locked -p hull-shim
 	source $(IMAGE_ENV) && export HULL_KERNEL HULL_INITRD HULL_SHIM_DIR=$(CURDIR)/target/debug && \
-	cargo test --locked -p hull-tests --test boot --test containers_vm -- --test-threads=2 && \
+	cargo test --locked -p hull-tests --test boot --test containers_vm --test conformance_vm -- --test-threads=2 && \
 	cargo test --locked -p hull-tests --test containerd -- --test-threads=1
 
 # hull-vmm boots the guest image on a real KVM inside an L1 Linux under QEMU TCG with
