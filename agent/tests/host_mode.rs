@@ -4,8 +4,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use hull_protocol::agent::*;
-use hull_protocol::agent_ttrpc::AgentClient;
 
 fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(5_000_000_000)
@@ -20,20 +21,7 @@ async fn host_mode_serves_version_and_exits_on_shutdown() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "agent did not listen"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "agent exited early");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let client = AgentClient::new(
-        ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
-            .await
-            .unwrap(),
-    );
+    let client = support::connect_agent(&sock, &mut child).await;
     client.check(ctx(), &CheckRequest::new()).await.unwrap();
     let v = client.version(ctx(), &VersionRequest::new()).await.unwrap();
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();

@@ -7,7 +7,6 @@
 //! The in-VM subset leaves out one case and allows differences that come from running in a
 //! VM, each listed below with its reason; everything else must match runc exactly.
 
-#[allow(dead_code)]
 #[path = "../../agent/tests/support/common.rs"]
 mod common;
 #[allow(dead_code)]

@@ -186,6 +186,12 @@ fn run_on_pty(mut cmd: Command, stdin: Option<Vec<u8>>) -> Outcome {
         }
     }
     let status = child.wait().unwrap();
+    // Under load, output can reach our pty before runc has made it raw, and its ONLCR then
+    // doubles the container pty's \r (seen as "\r\r\n"): that is this harness's pty, not
+    // the runtime under test.
+    let stdout = String::from_utf8_lossy(&stdout)
+        .replace("\r\r\n", "\r\n")
+        .into_bytes();
     Outcome {
         stdout,
         stderr: vec![],

@@ -60,19 +60,8 @@ impl HostAgent {
             });
         }
         let child = cmd.spawn().unwrap();
-        let start = Instant::now();
-        while !sock.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "agent did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let client = AgentClient::new(
-            ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
-                .await
-                .unwrap(),
-        );
+        let mut child = child;
+        let client = connect_agent(&sock, &mut child).await;
         HostAgent {
             dir,
             share,
@@ -133,6 +122,31 @@ pub fn leftover_cgroups(id: &str) -> Vec<PathBuf> {
         out.push(v2);
     }
     out
+}
+
+/// Connects to a host-mode agent's socket once it accepts: the socket file appears at
+/// bind(2), before listen(2), so its existence alone does not mean connections work.
+pub async fn connect_agent(sock: &Path, child: &mut Child) -> AgentClient {
+    let start = Instant::now();
+    loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the agent exited early"
+        );
+        if sock.exists() {
+            if let Ok(c) =
+                ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display())).await
+            {
+                return AgentClient::new(c);
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the agent did not accept on {} within 10 s",
+            sock.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 impl Target for HostAgent {
