@@ -10,6 +10,7 @@
 //! Not here: packed queues, device reset after activation (the driver's reset is logged and
 //! the device keeps running), PCI.
 
+pub mod block;
 pub mod mmio;
 pub mod vsock;
 
