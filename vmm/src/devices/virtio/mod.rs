@@ -11,6 +11,7 @@
 //! the device keeps running), PCI.
 
 pub mod block;
+pub mod guest_errors;
 pub mod mmio;
 pub mod net;
 pub mod vsock;

@@ -7,7 +7,7 @@
 //! ([`request::process`]) and interrupts the guest once if any was used.
 //!
 //! A malformed request is logged at warn the first time per device and at debug after
-//! that, so a hostile guest cannot flood the log.
+//! that ([`GuestErrors`]), so a hostile guest cannot flood the log.
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
@@ -18,6 +18,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, Disk};
+use crate::devices::virtio::guest_errors::{pop_chain, GuestErrors};
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// The virtio device id of a block device.
@@ -182,7 +183,7 @@ pub struct Worker {
     queue: Queue,
     interrupt: Arc<Interrupt>,
     disk: Disk,
-    malformed: u64,
+    errors: GuestErrors,
 }
 
 impl Worker {
@@ -202,13 +203,13 @@ impl Worker {
             queue,
             interrupt,
             disk,
-            malformed: 0,
+            errors: GuestErrors::new("virtio-blk"),
         })
     }
 
-    /// Requests that failed validation or I/O so far.
+    /// Requests that failed validation or I/O, and broken avail rings, so far.
     pub fn malformed(&self) -> u64 {
-        self.malformed
+        self.errors.count()
     }
 
     /// Waits for queue notifications and executes requests, forever.
@@ -237,21 +238,14 @@ impl Worker {
     /// One round: executes every available request, then interrupts once if any was used.
     pub fn process(&mut self) {
         let mut used = false;
-        while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+        while let Some(chain) = pop_chain(&mut self.queue, &self.mem, &mut self.errors) {
             let head = chain.head_index();
             let (len, err) = request::process(&self.mem, chain, &mut self.disk);
             if let Some(e) = err {
-                self.malformed += 1;
-                if self.malformed == 1 {
-                    log::warn!(
-                        "virtio-blk: request failed: {e} (further failures are logged at debug)"
-                    );
-                } else {
-                    log::debug!("virtio-blk: request failed: {e}");
-                }
+                self.errors.record(format_args!("request failed: {e}"));
             }
             if let Err(e) = self.queue.add_used(&self.mem, head, len) {
-                log::warn!("virtio-blk: returning a request: {e}");
+                self.errors.record(format_args!("returning a request: {e}"));
             }
             used = true;
         }

@@ -12,7 +12,7 @@
 //! buffers, so a full guest never makes the worker spin.
 //!
 //! Malformed chains are returned to the guest with length 0; the first is logged at warn,
-//! the rest at debug.
+//! the rest at debug ([`GuestErrors`]).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -25,6 +25,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::VNET_HDR_SIZE;
+use crate::devices::virtio::guest_errors::{pop_chain, GuestErrors};
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// The virtio device id of a network device.
@@ -202,7 +203,7 @@ pub struct Worker {
     rx_len: usize,
     tx_buf: Vec<u8>,
     tap_polled: bool,
-    malformed: u64,
+    errors: GuestErrors,
     tx_dropped: u64,
 }
 
@@ -244,14 +245,14 @@ impl Worker {
             rx_len: 0,
             tx_buf: vec![0; MAX_FRAME],
             tap_polled: true,
-            malformed: 0,
+            errors: GuestErrors::new("virtio-net"),
             tx_dropped: 0,
         })
     }
 
     /// Chains returned unused because they were malformed, so far.
     pub fn malformed(&self) -> u64 {
-        self.malformed
+        self.errors.count()
     }
 
     /// Waits for events and moves frames, forever.
@@ -299,14 +300,8 @@ impl Worker {
     }
 
     fn bad_chain(&mut self, what: &str, e: &ChainError) {
-        self.malformed += 1;
-        if self.malformed == 1 {
-            log::warn!(
-                "virtio-net: dropped a {what} chain: {e} (further ones are logged at debug)"
-            );
-        } else {
-            log::debug!("virtio-net: dropped a {what} chain: {e}");
-        }
+        self.errors
+            .record(format_args!("dropped a {what} chain: {e}"));
     }
 
     /// One round: drain TX, fill RX, interrupt once if any buffer was used.
@@ -320,7 +315,7 @@ impl Worker {
 
     fn process_tx(&mut self) -> bool {
         let mut used = false;
-        while let Some(chain) = self.queues[TXQ].pop_descriptor_chain(&self.mem) {
+        while let Some(chain) = pop_chain(&mut self.queues[TXQ], &self.mem, &mut self.errors) {
             let head = chain.head_index();
             match read_tx(&self.mem, chain, &mut self.tx_buf) {
                 Ok(len) => {
@@ -343,7 +338,8 @@ impl Worker {
                 Err(e) => self.bad_chain("TX", &e),
             }
             if let Err(e) = self.queues[TXQ].add_used(&self.mem, head, 0) {
-                log::warn!("virtio-net: returning a TX buffer: {e}");
+                self.errors
+                    .record(format_args!("returning a TX buffer: {e}"));
             }
             used = true;
         }
@@ -375,7 +371,7 @@ impl Worker {
     fn process_rx(&mut self) -> bool {
         let mut used = false;
         while self.fill_rx_frame() {
-            let Some(chain) = self.queues[RXQ].pop_descriptor_chain(&self.mem) else {
+            let Some(chain) = pop_chain(&mut self.queues[RXQ], &self.mem, &mut self.errors) else {
                 // The guest has no buffer: keep the frame, stop listening to the tap
                 // until the guest posts buffers.
                 self.poll_tap(false);
@@ -403,7 +399,8 @@ impl Worker {
                 }
             };
             if let Err(e) = self.queues[RXQ].add_used(&self.mem, head, len) {
-                log::warn!("virtio-net: returning an RX buffer: {e}");
+                self.errors
+                    .record(format_args!("returning an RX buffer: {e}"));
             }
             used = true;
         }
