@@ -98,6 +98,9 @@ pub enum RequestError {
         /// Its length.
         len: u32,
     },
+    /// The data buffers' lengths do not add up in 64 bits.
+    #[error("the data buffers' lengths overflow")]
+    Overflow,
     /// The data length is not a whole number of sectors.
     #[error("data length {0} is not a multiple of {SECTOR_SIZE}")]
     Unaligned(u64),
@@ -303,7 +306,7 @@ pub fn parse(
         in_memory(mem, d).map_err(fail)?;
         data_len = data_len
             .checked_add(u64::from(d.len()))
-            .ok_or(fail(RequestError::Unaligned(u64::MAX)))?;
+            .ok_or(fail(RequestError::Overflow))?;
         if d.len() > 0 {
             data.push((d.addr(), d.len()));
         }

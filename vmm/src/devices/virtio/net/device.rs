@@ -255,6 +255,11 @@ impl Worker {
         self.errors.count()
     }
 
+    /// TX frames the tap did not take (dropped), so far.
+    pub fn tx_dropped(&self) -> u64 {
+        self.tx_dropped
+    }
+
     /// Waits for events and moves frames, forever.
     pub fn run(&mut self) {
         let mut events = vec![EpollEvent::default(); 8];
@@ -605,6 +610,24 @@ mod tests {
         assert_eq!(r.worker.malformed(), 5);
         let mut b = [0u8; 16];
         assert!(r.host.recv(&mut b).is_err(), "a frame reached the tap");
+    }
+
+    /// A frame the tap refuses is dropped and its buffer still returned.
+    #[test]
+    fn a_frame_the_tap_refuses_is_dropped() {
+        let m = mem();
+        let mut r = rig(&m);
+        drop(std::mem::replace(
+            &mut r.host,
+            UnixDatagram::unbound().unwrap(),
+        ));
+        r.txq
+            .build_desc_chain(&[desc(0x10_0000, 60, false)])
+            .unwrap();
+        r.worker.process();
+        assert_eq!(r.worker.tx_dropped(), 1);
+        assert_eq!(r.worker.malformed(), 0);
+        assert_eq!(r.txq.used().idx().load(), 1);
     }
 
     /// A hostile guest: random descriptor tables and avail rings on both queues and a host
