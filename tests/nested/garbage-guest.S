@@ -24,7 +24,7 @@
  * many chains the devices returned) and "GARBAGE-END" on COM1, and triple-faults (an
  * empty IDT and int3), which hull-vmm reports as a guest reset. Build: see build.sh.
  */
-#define ROUNDS 200
+#define ROUNDS 150
 #define DEVICES 3
 #define RANDOM_WRITES 8
 #define REGION 0x01000000

@@ -158,6 +158,17 @@ fn hull_vmm_serves_disks_and_a_tap_and_survives_a_guest_that_writes_garbage_into
         .collect();
     assert_eq!(used.len(), 9, "{garbage}");
     assert!(used[3] > 0, "virtio-blk returned no chain: {garbage}");
+    // ... and could not flood the host's log: each device's guest errors are logged once
+    // at warn (debug after that).
+    let log_lines: u32 = garbage
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("log_lines="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no log_lines= in {garbage}"));
+    assert!(
+        log_lines <= 20,
+        "hull-vmm logged {log_lines} lines: {garbage}"
+    );
     assert!(run.result("done").is_some(), "L1 did not finish its checks");
     println!(
         "nested figures (L2 on kvm_amd inside QEMU TCG, not native):\n  blk: {blk}\n  \
