@@ -179,8 +179,9 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
     let tap = match res.net.as_ref().map(|n| &n.tap) {
         None => None,
         Some(TapSource::Name(name)) => Some(Tap::open(name)?),
-        // SAFETY: config checked that `fd` is open and above stdio; hull-vmm has opened no
-        // file yet, so the fd is the inherited one and nothing else here owns it.
+        // SAFETY: by TapSource::Fd's contract the fd is this process's alone to hand over
+        // (in hull-vmm: inherited, checked open and above stdio by config, and adopted here
+        // before hull-vmm opens any file, so its number cannot be one of ours).
         Some(TapSource::Fd(fd)) => Some(unsafe { Tap::from_raw_fd(*fd) }?),
     };
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;

@@ -81,7 +81,8 @@ pub struct BlockConfig {
 pub enum TapSource {
     /// Open (or create) the tap interface of this name.
     Name(String),
-    /// Adopt this inherited file descriptor.
+    /// Adopt this inherited file descriptor. Building the VM takes ownership of it:
+    /// nothing else in the process may use or close it.
     Fd(i32),
 }
 
