@@ -102,23 +102,27 @@ check_vsock() {
 # Boots the guest kernel with the L2 test initramfs and two disks: a 4 MiB read-only image
 # (the start of the guest vmlinux) whose checksum the guest must read back, and a
 # writable one the guest writes a line into. A guest write to the read-only disk must fail.
+# A third, 64 MiB disk gives a (nested) sequential read time.
 check_blk() {
     head -c 4194304 /l2/vmlinux >/tmp/ro.img
     dd if=/dev/zero of=/tmp/rw.img bs=1024 count=64 2>/dev/null
+    dd if=/dev/zero of=/tmp/big.img bs=1048576 count=64 2>/dev/null
     want=$(sha256sum /tmp/ro.img | cut -d' ' -f1)
     start=$(now)
     timeout -s KILL "$L2_TIMEOUT" hull-vmm --kernel /l2/vmlinux --initrd /l2/test.cpio \
         --cmdline "$L2_CMDLINE hull.l2=blk" --vcpus 1 --memory-mib 128 \
-        --block /tmp/ro.img,ro --block /tmp/rw.img \
+        --block /tmp/ro.img,ro --block /tmp/rw.img --block /tmp/big.img,ro \
         --console /tmp/blk.console 2>/tmp/blk.vmm
     rc=$?
     ms=$(ms_since "$start")
     got=$(sed -n 's/.*L2-BLK: vda=\([0-9a-f]*\).*/\1/p' /tmp/blk.console)
     line=$(grep -m1 'L2-BLK: vda=' /tmp/blk.console | tr -d '\r' | sed 's/^L2-BLK: //')
     wrote=$(head -c 18 /tmp/rw.img)
+    read=$(grep -m1 'L2-BLK: vdc-read' /tmp/blk.console | tr -d '\r' | sed 's/^L2-BLK: //')
+    rm -f /tmp/big.img
     if [ "$rc" = 0 ] && [ -n "$got" ] && [ "$got" = "$want" ] \
         && grep -q 'vda-write=refused' /tmp/blk.console && [ "$wrote" = hull-l2-wrote-this ]; then
-        say "blk ok ms=$ms sha256_match=yes $line rw=\"$wrote\" ro_write=refused"
+        say "blk ok ms=$ms sha256_match=yes $line rw=\"$wrote\" ro_write=refused $read"
     else
         say "blk FAIL code=$rc ms=$ms want=$want $line rw=\"$wrote\""
         dump /tmp/blk.console L2; dump /tmp/blk.vmm VMM

@@ -4,7 +4,7 @@
 # hull.l2= on the kernel command line, prints "L2-<CHECK>: ..." lines on the console, and
 # reboots (hull-vmm then exits with status 0).
 #   blk: /dev/vda (read-only) checksum, size and ro flag; a write to /dev/vdb; a write to
-#        /dev/vda, which must be refused.
+#        /dev/vda, which must be refused; if there is a /dev/vdc, the time to read it.
 #   net: eth0 = 10.0.2.2/24, ping L1 at 10.0.2.1, then stay up hull.linger= seconds so L1
 #        can ping back.
 /bin/busybox --install -s /bin
@@ -26,6 +26,13 @@ blk)
         echo "L2-BLK: vda-write=accepted"
     else
         echo "L2-BLK: vda-write=refused"
+    fi
+    if [ -e /dev/vdc ]; then
+        # Sequential read of the third disk (uncached: read once), timed in centiseconds.
+        s=$(sed 's/\.//;s/ .*//' /proc/uptime)
+        dd if=/dev/vdc of=/dev/null bs=1M 2>/dev/null
+        e=$(sed 's/\.//;s/ .*//' /proc/uptime)
+        echo "L2-BLK: vdc-read-mib=$(( $(cat /sys/block/vdc/size) / 2048 )) vdc-read-ms=$(( (e - s) * 10 ))"
     fi
     ;;
 net)
