@@ -153,9 +153,16 @@ impl Tap {
                 flags: req.flags,
             });
         }
+        let name = name_of(&req);
         // SAFETY: F_SETFD on an fd we own, with an integer argument.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        Tap::configure(file, name_of(&req))
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(TapError::Configure {
+                name,
+                what: "FD_CLOEXEC",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Tap::configure(file, name)
     }
 
     fn configure(file: File, name: String) -> Result<Self, TapError> {
