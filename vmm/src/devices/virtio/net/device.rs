@@ -203,6 +203,8 @@ pub struct Worker {
     rx_len: usize,
     tx_buf: Vec<u8>,
     tap_polled: bool,
+    /// The tap failed (e.g. its interface was deleted): it is out of the epoll for good.
+    tap_dead: bool,
     errors: GuestErrors,
     tx_dropped: u64,
 }
@@ -245,6 +247,7 @@ impl Worker {
             rx_len: 0,
             tx_buf: vec![0; MAX_FRAME],
             tap_polled: true,
+            tap_dead: false,
             errors: GuestErrors::new("virtio-net"),
             tx_dropped: 0,
         })
@@ -277,6 +280,13 @@ impl Worker {
                             // The guest posted RX buffers: listen to the tap again.
                             self.poll_tap(true);
                         }
+                        if e.data() == TOKEN_TAP
+                            && e.event_set()
+                                .intersects(EventSet::ERROR | EventSet::HANG_UP)
+                        {
+                            // Reported even with an empty interest set: stop, or spin.
+                            self.tap_failed(&"error or hang-up on the tap");
+                        }
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -289,8 +299,25 @@ impl Worker {
         }
     }
 
+    /// Takes a failed tap out of the epoll for good: RX stops, TX frames are dropped.
+    fn tap_failed(&mut self, why: &dyn std::fmt::Display) {
+        if self.tap_dead {
+            return;
+        }
+        self.tap_dead = true;
+        self.rx_len = 0;
+        log::error!("virtio-net: {why}; the device receives nothing from now on");
+        if let Err(e) = self.epoll.ctl(
+            ControlOperation::Delete,
+            self.tap.as_raw_fd(),
+            EpollEvent::default(),
+        ) {
+            log::warn!("virtio-net: removing the tap from the epoll: {e}");
+        }
+    }
+
     fn poll_tap(&mut self, on: bool) {
-        if self.tap_polled == on {
+        if self.tap_polled == on || self.tap_dead {
             return;
         }
         let set = if on { EventSet::IN } else { EventSet::empty() };
@@ -354,6 +381,9 @@ impl Worker {
     /// Reads the next frame from the tap if none is waiting; false if there is none.
     fn fill_rx_frame(&mut self) -> bool {
         while self.rx_len == 0 {
+            if self.tap_dead {
+                return false;
+            }
             match self.tap.read(&mut self.rx_buf) {
                 Ok(n) if n > VNET_HDR_SIZE => {
                     // num_buffers: always 1 without mergeable RX buffers.
@@ -365,7 +395,7 @@ impl Worker {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    log::warn!("virtio-net: reading the tap: {e}");
+                    self.tap_failed(&format_args!("reading the tap: {e}"));
                     return false;
                 }
             }
@@ -628,6 +658,21 @@ mod tests {
         assert_eq!(r.worker.tx_dropped(), 1);
         assert_eq!(r.worker.malformed(), 0);
         assert_eq!(r.txq.used().idx().load(), 1);
+    }
+
+    /// A tap that fails (here: a socket whose peer is gone, read errors) leaves the epoll
+    /// once, instead of waking the worker forever.
+    #[test]
+    fn a_failed_tap_leaves_the_epoll() {
+        let m = mem();
+        let mut r = rig(&m);
+        r.worker.tap_failed(&"test");
+        assert!(r.worker.tap_dead);
+        r.worker.process();
+        let mut ev = [EpollEvent::default(); 4];
+        r.host.send(&[1u8; 64]).unwrap();
+        assert_eq!(r.worker.epoll.wait(0, &mut ev).unwrap(), 0);
+        r.worker.tap_failed(&"twice is harmless");
     }
 
     /// A hostile guest: random descriptor tables and avail rings on both queues and a host
