@@ -99,6 +99,110 @@ check_vsock() {
     fi
 }
 
+# Boots the guest kernel with the L2 test initramfs and two disks: a 4 MiB read-only image
+# (the start of the guest vmlinux) whose checksum the guest must read back, and a
+# writable one the guest writes a line into. A guest write to the read-only disk must fail.
+# A third, 64 MiB disk gives a (nested) sequential read time.
+check_blk() {
+    head -c 4194304 /l2/vmlinux >/tmp/ro.img
+    dd if=/dev/zero of=/tmp/rw.img bs=1024 count=64 2>/dev/null
+    dd if=/dev/zero of=/tmp/big.img bs=1048576 count=64 2>/dev/null
+    want=$(sha256sum /tmp/ro.img | cut -d' ' -f1)
+    start=$(now)
+    timeout -s KILL "$L2_TIMEOUT" hull-vmm --kernel /l2/vmlinux --initrd /l2/test.cpio \
+        --cmdline "$L2_CMDLINE hull.l2=blk" --vcpus 1 --memory-mib 128 \
+        --block /tmp/ro.img,ro --block /tmp/rw.img --block /tmp/big.img,ro \
+        --console /tmp/blk.console 2>/tmp/blk.vmm
+    rc=$?
+    ms=$(ms_since "$start")
+    got=$(sed -n 's/.*L2-BLK: vda=\([0-9a-f]*\).*/\1/p' /tmp/blk.console)
+    line=$(grep -m1 'L2-BLK: vda=' /tmp/blk.console | tr -d '\r' | sed 's/^L2-BLK: //')
+    wrote=$(head -c 18 /tmp/rw.img)
+    read=$(grep -m1 'L2-BLK: vdc-read' /tmp/blk.console | tr -d '\r' | sed 's/^L2-BLK: //')
+    rm -f /tmp/big.img
+    if [ "$rc" = 0 ] && [ -n "$got" ] && [ "$got" = "$want" ] \
+        && grep -q 'vda-write=refused' /tmp/blk.console && [ "$wrote" = hull-l2-wrote-this ]; then
+        say "blk ok ms=$ms sha256_match=yes $line rw=\"$wrote\" ro_write=refused $read"
+    else
+        say "blk FAIL code=$rc ms=$ms want=$want $line rw=\"$wrote\""
+        dump /tmp/blk.console L2; dump /tmp/blk.vmm VMM
+    fi
+}
+
+# The guest kernel with a virtio-net device on a tap hull-vmm creates: L1 puts 10.0.2.1 on
+# the tap, the guest (10.0.2.2) pings L1, then L1 pings the guest.
+check_net() {
+    start=$(now)
+    RUST_LOG=info hull-vmm --kernel /l2/vmlinux --initrd /l2/test.cpio \
+        --cmdline "$L2_CMDLINE hull.l2=net hull.linger=15" --vcpus 1 --memory-mib 128 \
+        --tap hulltap0 --mac 06:00:ac:10:00:02 \
+        --console /tmp/net.console 2>/tmp/net.vmm &
+    pid=$!
+    i=0
+    while [ ! -e /sys/class/net/hulltap0 ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+    ip addr add 10.0.2.1/24 dev hulltap0 && ip link set hulltap0 up
+    deadline=$(( $(now) + L2_TIMEOUT * 100 ))
+    while [ "$(now)" -lt "$deadline" ] && ! grep -q 'L2-NET: ping=' /tmp/net.console 2>/dev/null; do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    l2=$(grep -m1 'L2-NET: ping=' /tmp/net.console | tr -d '\r' | sed 's/^L2-NET: //')
+    if ping -c 3 -w 10 10.0.2.2 >/tmp/net.ping 2>&1; then l1=ok; else l1=FAIL; fi
+    l1n=$(grep -o '[0-9]* packets received' /tmp/net.ping)
+    mac=$(grep -m1 'L2-NET: mac=' /tmp/net.console | tr -d '\r' | sed 's/^L2-NET: //')
+    ms=$(ms_since "$start")
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    case "$l2" in
+        ping=ok*) ;;
+        *) l1="$l1 l2_failed" ;;
+    esac
+    if [ "$l1" = ok ]; then
+        say "net ok ms=$ms l2_to_l1=\"$l2\" l1_to_l2=\"$l1n\" $mac"
+    else
+        say "net FAIL ms=$ms l2_to_l1=\"$l2\" l1_to_l2=\"$l1 $l1n\" $mac"
+        cat /tmp/net.ping; dump /tmp/net.console L2; dump /tmp/net.vmm VMM
+    fi
+}
+
+# A hostile guest (garbage-guest.S: no Linux, raw writes to every virtio-mmio register and
+# descriptor-shaped noise in the rings) against vsock, blk and net: hull-vmm must survive
+# it (with broadcast pings arriving on the tap meanwhile), log the guest's errors, and end
+# with status 0 when the guest resets.
+check_garbage() {
+    rm -f /tmp/g.sock /tmp/g.sock_*
+    dd if=/dev/zero of=/tmp/g.img bs=1024 count=64 2>/dev/null
+    start=$(now)
+    timeout -s KILL "$L2_TIMEOUT" hull-vmm --kernel /l2/garbage-guest --cmdline garbage \
+        --vcpus 1 --memory-mib 64 --vsock-uds /tmp/g.sock --block /tmp/g.img --tap hullg0 \
+        --console /tmp/garbage.console 2>/tmp/garbage.vmm &
+    pid=$!
+    # RX traffic for the garbage rings: broadcast pings (small, and 3000 bytes = 3 frames).
+    i=0
+    while [ ! -e /sys/class/net/hullg0 ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+    ip addr add 10.0.3.1/24 dev hullg0 && ip link set hullg0 up
+    ping -q -i 0.02 -w "$L2_TIMEOUT" 10.0.3.255 >/dev/null 2>&1 &
+    p1=$!
+    ping -q -i 0.05 -s 3000 -w "$L2_TIMEOUT" 10.0.3.255 >/dev/null 2>&1 &
+    p2=$!
+    wait "$pid"
+    rc=$?
+    ms=$(ms_since "$start")
+    kill "$p1" "$p2" 2>/dev/null; wait "$p1" "$p2" 2>/dev/null
+    why=$(grep -m1 'hull-vmm: guest' /tmp/garbage.vmm)
+    errs=$(grep -c 'guest error' /tmp/garbage.vmm)
+    lines=$(wc -l </tmp/garbage.vmm)
+    # Used index of each queue (vsock rx/tx/ev, blk, -, -, net rx/tx, -), as the guest saw them.
+    used=$(grep -m1 GARBAGE-USED /tmp/garbage.console | tr -d '\r' | sed 's/GARBAGE-USED //;s/ /,/g')
+    if [ "$rc" = 0 ] && grep -q GARBAGE-END /tmp/garbage.console && [ "$errs" -gt 0 ] \
+        && ! grep -qi 'panick' /tmp/garbage.vmm; then
+        say "garbage ok code=$rc ms=$ms guest_error_lines=$errs log_lines=$lines used=$used why=\"$why\""
+    else
+        say "garbage FAIL code=$rc ms=$ms guest_error_lines=$errs log_lines=$lines"
+        dump /tmp/garbage.console L2; dump /tmp/garbage.vmm VMM
+    fi
+    sed 's/[0-9][0-9]*/N/g' /tmp/garbage.vmm | sort | uniq -c | sort -rn | head -n 12 | sed 's/^/VMM-LOG| /'
+}
+
 checks=$(sed -n 's/.*hull\.checks=\([^ ]*\).*/\1/p' /proc/cmdline)
 for c in $(echo "$checks" | tr , ' '); do
     case "$c" in
@@ -106,6 +210,9 @@ for c in $(echo "$checks" | tr , ' '); do
         agent) check_agent ;;
         reset) check_reset ;;
         vsock) check_vsock ;;
+        blk) check_blk ;;
+        net) check_net ;;
+        garbage) check_garbage ;;
         *) say "$c FAIL unknown check" ;;
     esac
 done
