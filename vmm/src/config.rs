@@ -49,6 +49,52 @@ pub struct Cli {
     /// device without it.
     #[arg(long = "vsock-uds")]
     pub vsock_uds: Option<PathBuf>,
+    /// Do not install the seccomp filters. For debugging only: by default every thread
+    /// runs under its own syscall allowlist, and a syscall outside it kills hull-vmm
+    /// (SIGSYS).
+    #[arg(long = "no-seccomp")]
+    pub no_seccomp: bool,
+    /// Debugging: a syscall outside a thread's allowlist is reported on stderr (thread kind
+    /// and syscall number), then hull-vmm exits with status 159, instead of the kernel
+    /// killing it by SIGSYS without a word.
+    #[arg(long = "seccomp-trap", conflicts_with = "no_seccomp")]
+    pub seccomp_trap: bool,
+    /// Run as this user id once the VM is built. hull-vmm (started as root) first opens
+    /// everything named here (/dev/kvm, kernel, initrd, console, vsock socket), then drops
+    /// its supplementary groups, group and user, checks it cannot regain root, and only then
+    /// runs guest code. The vsock device's `<uds>_<port>` listeners must accept this user.
+    /// Needs --gid.
+    #[arg(long, requires = "gid")]
+    pub uid: Option<u32>,
+    /// Run as this group id once the VM is built (see --uid). Needs --uid.
+    #[arg(long, requires = "uid")]
+    pub gid: Option<u32>,
+}
+
+/// How hull-vmm confines itself once the VM is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sandbox {
+    /// What each thread's seccomp filter does to a syscall outside its list; `None`
+    /// (`--no-seccomp`): no filters.
+    pub seccomp: Option<crate::seccomp::Mode>,
+    /// The user and group to become, if any.
+    pub run_as: Option<crate::privileges::Identity>,
+}
+
+impl From<&Cli> for Sandbox {
+    fn from(cli: &Cli) -> Self {
+        Sandbox {
+            seccomp: match (cli.no_seccomp, cli.seccomp_trap) {
+                (true, _) => None,
+                (false, true) => Some(crate::seccomp::Mode::Trap),
+                (false, false) => Some(crate::seccomp::Mode::Kill),
+            },
+            run_as: cli
+                .uid
+                .zip(cli.gid)
+                .map(|(uid, gid)| crate::privileges::Identity { uid, gid }),
+        }
+    }
 }
 
 /// Where the guest's serial console goes.
@@ -237,6 +283,47 @@ mod tests {
         assert_eq!(r.initrd, None);
         assert!(r.cmdline.contains("reboot=t"));
         assert_eq!(r.vsock_uds, None);
+    }
+
+    #[test]
+    fn seccomp_is_on_unless_turned_off_and_uid_needs_gid() {
+        let (_d, k, _i) = files();
+        let k = k.to_str().unwrap();
+        let s = Sandbox::from(&parse(&["--kernel", k]).unwrap());
+        assert_eq!(
+            s,
+            Sandbox {
+                seccomp: Some(crate::seccomp::Mode::Kill),
+                run_as: None
+            }
+        );
+        let s = Sandbox::from(
+            &parse(&[
+                "--kernel",
+                k,
+                "--no-seccomp",
+                "--uid",
+                "65534",
+                "--gid",
+                "65533",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(
+            s,
+            Sandbox {
+                seccomp: None,
+                run_as: Some(crate::privileges::Identity {
+                    uid: 65534,
+                    gid: 65533
+                })
+            }
+        );
+        let s = Sandbox::from(&parse(&["--kernel", k, "--seccomp-trap"]).unwrap());
+        assert_eq!(s.seccomp, Some(crate::seccomp::Mode::Trap));
+        assert!(parse(&["--kernel", k, "--seccomp-trap", "--no-seccomp"]).is_err());
+        assert!(parse(&["--kernel", k, "--uid", "1"]).is_err());
+        assert!(parse(&["--kernel", k, "--gid", "1"]).is_err());
     }
 
     #[test]
