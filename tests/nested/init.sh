@@ -47,7 +47,7 @@ check_agent() {
     done
     ms=$(ms_since "$start")
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-    say "agent $result ms=$ms line=\"$(grep -m1 'filesystems mounted' /tmp/agent.console | tr -d '\r')\""
+    say "agent $result ms=$ms seccomp=$(grep -c 'seccomp filters installed' /tmp/agent.vmm) line=\"$(grep -m1 'filesystems mounted' /tmp/agent.console | tr -d '\r')\""
     [ "$result" = ok ] || { dump /tmp/agent.console L2; dump /tmp/agent.vmm VMM; }
     dump /tmp/agent.vmm VMM | grep 'first KVM_RUN' || true
 }
@@ -90,12 +90,16 @@ check_vsock() {
     rc=$?
     ms=$(ms_since "$start")
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    vmm_rc=$?
     line=$(grep -m1 'HULL-VSOCK-PROBE: \(ok\|FAIL\)' /tmp/probe.out | sed 's/^HULL-VSOCK-PROBE: //')
     if [ "$rc" = 0 ]; then
-        say "vsock $line total_ms=$ms"
+        say "vsock $line total_ms=$ms seccomp=$(grep -c 'seccomp filters installed' /tmp/vsock.vmm)"
     else
-        say "vsock FAIL rc=$rc $line total_ms=$ms"
+        # vmm_rc 143: still running when killed; 159: killed by SIGSYS (its seccomp filter;
+        # the kernel's audit line below names the syscall).
+        say "vsock FAIL rc=$rc vmm_rc=$vmm_rc $line total_ms=$ms"
         dump /tmp/probe.out PROBE; dump /tmp/vsock.console L2; dump /tmp/vsock.vmm VMM
+        dmesg | grep 'audit.*syscall=' | tail -n 3 | sed 's/^/KERNEL| /'
     fi
 }
 

@@ -119,6 +119,10 @@ fn hull_vmm_boots_the_guest_to_the_agent_serves_vsock_and_exits_when_the_guest_r
     assert!(vsock.contains("ready=\"HULL-AGENT-READY "), "{vsock}");
     assert!(vsock.contains("reply=\"OK "), "{vsock}");
     assert!(vsock.contains("check=SERVING"), "{vsock}");
+    // Both ran with every thread under its seccomp filter (hull-vmm's default): the vsock
+    // check drives the vCPU, device-spawner and vsock device threads.
+    assert!(agent.contains("seccomp=1"), "{agent}");
+    assert!(vsock.contains("seccomp=1"), "{vsock}");
     assert!(run.result("done").is_some(), "L1 did not finish its checks");
     println!(
         "nested figures (L2 on kvm_amd inside QEMU TCG, not native):\n  agent: {agent}\n  \
