@@ -69,16 +69,23 @@ pub struct Cli {
     /// Run as this group id once the VM is built (see --uid). Needs --uid.
     #[arg(long, requires = "uid")]
     pub gid: Option<u32>,
+    /// Change the root directory to DIR once the VM is built, before changing user (so
+    /// needs --uid). Inputs are opened before; --vsock-uds must lie inside DIR, and the
+    /// device's `<uds>_<port>` connections then resolve inside it.
+    #[arg(long, value_name = "DIR", requires = "uid")]
+    pub chroot: Option<PathBuf>,
 }
 
 /// How hull-vmm confines itself once the VM is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sandbox {
     /// What each thread's seccomp filter does to a syscall outside its list; `None`
     /// (`--no-seccomp`): no filters.
     pub seccomp: Option<crate::seccomp::Mode>,
     /// The user and group to become, if any.
     pub run_as: Option<crate::privileges::Identity>,
+    /// The directory to make the root, if any.
+    pub chroot: Option<PathBuf>,
 }
 
 impl From<&Cli> for Sandbox {
@@ -93,6 +100,7 @@ impl From<&Cli> for Sandbox {
                 .uid
                 .zip(cli.gid)
                 .map(|(uid, gid)| crate::privileges::Identity { uid, gid }),
+            chroot: cli.chroot.clone(),
         }
     }
 }
@@ -294,7 +302,8 @@ mod tests {
             s,
             Sandbox {
                 seccomp: Some(crate::seccomp::Mode::Kill),
-                run_as: None
+                run_as: None,
+                chroot: None
             }
         );
         let s = Sandbox::from(
@@ -316,13 +325,22 @@ mod tests {
                 run_as: Some(crate::privileges::Identity {
                     uid: 65534,
                     gid: 65533
-                })
+                }),
+                chroot: None
             }
         );
         let s = Sandbox::from(&parse(&["--kernel", k, "--seccomp-trap"]).unwrap());
         assert_eq!(s.seccomp, Some(crate::seccomp::Mode::Trap));
         assert!(parse(&["--kernel", k, "--seccomp-trap", "--no-seccomp"]).is_err());
         assert!(parse(&["--kernel", k, "--uid", "1"]).is_err());
+        assert!(parse(&["--kernel", k, "--chroot", "/srv"]).is_err());
+        let s = Sandbox::from(
+            &parse(&[
+                "--kernel", k, "--chroot", "/srv", "--uid", "1", "--gid", "1",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(s.chroot, Some(PathBuf::from("/srv")));
         assert!(parse(&["--kernel", k, "--gid", "1"]).is_err());
     }
 

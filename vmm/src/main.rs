@@ -5,10 +5,10 @@
 //! stderr; `RUST_LOG=info` adds timings (e.g. time to the first `KVM_RUN`).
 //!
 //! Least privilege: hull-vmm opens everything its command line names and builds the VM,
-//! then (with `--uid`/`--gid`) becomes that user, then every thread installs its seccomp
-//! filter, and only then does guest code run. A syscall outside a thread's allowlist kills
-//! the process by SIGSYS; `--seccomp-trap` (names the syscall) and `--no-seccomp` are for
-//! debugging.
+//! then (with `--chroot`) changes its root, (with `--uid`/`--gid`) becomes that user, then
+//! every thread installs its seccomp filter, and only then does guest code run. A syscall
+//! outside a thread's allowlist kills the process by SIGSYS; `--seccomp-trap` (names the
+//! syscall) and `--no-seccomp` are for debugging.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,14 +26,14 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let sandbox = Sandbox::from(&cli);
-    let resources = match VmResources::try_from(cli) {
+    let mut resources = match VmResources::try_from(cli) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hull-vmm: {e}");
             return ExitCode::from(2);
         }
     };
-    match run(&resources, sandbox, started) {
+    match run(&mut resources, sandbox, started) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("hull-vmm: {e:#}");
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(resources: &VmResources, sandbox: Sandbox, started: Instant) -> anyhow::Result<u8> {
+fn run(resources: &mut VmResources, sandbox: Sandbox, started: Instant) -> anyhow::Result<u8> {
     // Compiled first: a broken list fails before anything is opened.
     let filters = if let Some(mode) = sandbox.seccomp {
         Some(Arc::new(seccomp::Filters::with_mode(mode)?))
@@ -50,7 +50,14 @@ fn run(resources: &VmResources, sandbox: Sandbox, started: Instant) -> anyhow::R
         log::warn!("seccomp is off (--no-seccomp)");
         None
     };
+    let chroot = match &sandbox.chroot {
+        Some(dir) => Some(privileges::Chroot::prepare(dir, resources)?),
+        None => None,
+    };
     let vm = builder::build(resources, started)?;
+    if let Some(c) = chroot {
+        c.enter()?;
+    }
     if let Some(id) = sandbox.run_as {
         privileges::drop_to(id)?;
         log::info!("running as uid {} gid {}", id.uid, id.gid);

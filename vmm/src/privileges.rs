@@ -11,12 +11,22 @@
 //! It happens while the process has one thread: glibc and musl change the ids of every
 //! thread by signalling them, which the other threads' seccomp filters would not allow.
 //!
-//! Not here: a chroot or mount namespace (the VMM opens nothing by path once running,
-//! except the vsock device connecting to `<uds>_<port>`, which that user must be allowed to
-//! connect to), capabilities other than by the uid change (a change from uid 0 to another
-//! uid clears them all).
+//! With `--chroot DIR` the process also changes its root to `DIR` between building the VM
+//! and changing user, so the one path it still opens while running (the vsock device
+//! connects to `<uds>_<port>` when the guest asks) resolves inside `DIR`. The vsock socket
+//! must then lie inside `DIR`: [`Chroot::prepare`] makes every input path absolute, moves
+//! to `DIR` and hands the builder the socket's path relative to it, which names the same
+//! file before the chroot (bind) and after it (connect).
+//!
+//! Not here: a mount or user namespace, capabilities other than by the uid change (a change
+//! from uid 0 to another uid clears them all). The `<uds>_<port>` listeners must accept the
+//! user hull-vmm becomes.
+
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
+
+use crate::config::{ConsoleOutput, VmResources};
 
 /// The user and group hull-vmm runs as once the VM is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +56,30 @@ pub enum PrivilegeError {
     SetUid {
         /// The user.
         uid: u32,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Resolving a path or moving to the chroot directory failed.
+    #[error("preparing the chroot {dir}: {source}")]
+    PrepareChroot {
+        /// The chroot directory.
+        dir: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The vsock socket would not be reachable from inside the chroot.
+    #[error("--vsock-uds {path} is not inside --chroot {dir}")]
+    VsockOutsideChroot {
+        /// The socket path.
+        path: PathBuf,
+        /// The chroot directory.
+        dir: PathBuf,
+    },
+    /// chroot(2) failed.
+    #[error("chroot to {dir}: {source}")]
+    Chroot {
+        /// The chroot directory.
+        dir: PathBuf,
         /// The underlying error.
         source: std::io::Error,
     },
@@ -118,4 +152,103 @@ fn verify(id: Identity) -> Result<(), PrivilegeError> {
         }
     }
     Ok(())
+}
+
+/// A chroot prepared before the build and entered after it.
+#[derive(Debug)]
+pub struct Chroot {
+    dir: PathBuf,
+}
+
+impl Chroot {
+    /// Makes every path in `res` work from inside `dir`: kernel, initrd and console become
+    /// absolute (they are opened before the chroot), the vsock socket becomes relative to
+    /// `dir` (it must lie inside it), and the working directory becomes `dir`.
+    pub fn prepare(dir: &Path, res: &mut VmResources) -> Result<Self, PrivilegeError> {
+        let io = |source| PrivilegeError::PrepareChroot {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let canonical = dir.canonicalize().map_err(io)?;
+        res.kernel = std::path::absolute(&res.kernel).map_err(io)?;
+        if let Some(p) = &mut res.initrd {
+            *p = std::path::absolute(&*p).map_err(io)?;
+        }
+        if let ConsoleOutput::File(p) = &mut res.console {
+            *p = std::path::absolute(&*p).map_err(io)?;
+        }
+        if let Some(uds) = &mut res.vsock_uds {
+            let outside = || PrivilegeError::VsockOutsideChroot {
+                path: uds.clone(),
+                dir: dir.to_path_buf(),
+            };
+            let parent = match uds.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let name = uds.file_name().ok_or_else(outside)?.to_owned();
+            let parent = parent.canonicalize().map_err(io)?;
+            let relative = parent.strip_prefix(&canonical).map_err(|_| outside())?;
+            *uds = relative.join(name);
+        }
+        std::env::set_current_dir(&canonical).map_err(io)?;
+        Ok(Chroot { dir: canonical })
+    }
+
+    /// Changes the root to the directory (the working directory since `prepare`).
+    pub fn enter(self) -> Result<(), PrivilegeError> {
+        let err = |source| PrivilegeError::Chroot {
+            dir: self.dir.clone(),
+            source,
+        };
+        std::env::set_current_dir(&self.dir).map_err(err)?;
+        // SAFETY: chroot takes a NUL-terminated path (a C string literal).
+        check(unsafe { libc::chroot(c".".as_ptr()) }).map_err(err)?;
+        std::env::set_current_dir("/").map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resources(dir: &Path) -> VmResources {
+        VmResources {
+            kernel: "vmlinux".into(),
+            initrd: Some("initrd".into()),
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_bytes: 32 << 20,
+            console: ConsoleOutput::File("console.log".into()),
+            vsock_uds: Some(dir.join("pod/v.sock")),
+        }
+    }
+
+    // One test: it changes the process's working directory.
+    #[test]
+    fn chroot_paths_become_absolute_and_the_socket_relative_to_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pod")).unwrap();
+        let before = std::env::current_dir().unwrap();
+        let mut res = resources(dir.path());
+        let c = Chroot::prepare(dir.path(), &mut res).unwrap();
+        let now = std::env::current_dir().unwrap();
+        std::env::set_current_dir(&before).unwrap();
+        assert_eq!(now, dir.path().canonicalize().unwrap());
+        assert_eq!(res.kernel, before.join("vmlinux"));
+        assert_eq!(res.initrd, Some(before.join("initrd")));
+        assert_eq!(res.console, ConsoleOutput::File(before.join("console.log")));
+        assert_eq!(res.vsock_uds, Some(PathBuf::from("pod/v.sock")));
+        assert_eq!(c.dir, now);
+
+        let other = tempfile::tempdir().unwrap();
+        let mut res = resources(other.path());
+        std::fs::create_dir(other.path().join("pod")).unwrap();
+        let err = Chroot::prepare(dir.path(), &mut res).unwrap_err();
+        assert!(
+            matches!(err, PrivilegeError::VsockOutsideChroot { .. }),
+            "{err}"
+        );
+        assert_eq!(std::env::current_dir().unwrap(), before);
+    }
 }

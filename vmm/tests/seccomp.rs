@@ -347,22 +347,47 @@ fn hull_vmm_with_seccomp_runs_a_guest_that_uses_serial_i8042_and_two_vcpus() {
 
 #[test]
 fn hull_vmm_with_seccomp_runs_a_vsock_device_thread_that_connects_to_the_host() {
+    run_vsock_guest(false);
+}
+
+#[test]
+fn the_vsock_device_connects_inside_the_chroot_as_nobody() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (hull-vmm chroots and changes its user)"
+    );
+    run_vsock_guest(true);
+}
+
+/// Runs [`vsock_guest`]; with `confined`, under `--chroot <its dir> --uid/--gid 65534`
+/// (the listener is made connectable by that user, as a pod's would be).
+fn run_vsock_guest(confined: bool) {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let kernel = write_kernel(dir.path(), &vsock_guest());
     let uds = dir.path().join("v.sock");
-    let listener = UnixListener::bind(dir.path().join("v.sock_1025")).unwrap();
+    let port = dir.path().join("v.sock_1025");
+    let listener = UnixListener::bind(&port).unwrap();
     listener.set_nonblocking(true).unwrap();
     let console = dir.path().join("console");
-    let mut child = hull_vmm()
-        .arg("--kernel")
+    let mut cmd = hull_vmm();
+    cmd.arg("--kernel")
         .arg(&kernel)
         .args(["--memory-mib", "32", "--console"])
         .arg(&console)
         .arg("--vsock-uds")
         .arg(&uds)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    if confined {
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        mode(dir.path(), 0o755).unwrap();
+        mode(&port, 0o777).unwrap();
+        cmd.args(["--uid", "65534", "--gid", "65534", "--chroot"])
+            .arg(dir.path());
+    }
+    let mut child = cmd.spawn().unwrap();
     let start = Instant::now();
     let mut connected = None;
     let status = loop {
@@ -416,7 +441,7 @@ fn status_field(status: &str, field: &str) -> String {
 }
 
 #[test]
-fn hull_vmm_runs_the_guest_as_nobody_with_every_thread_filtered() {
+fn hull_vmm_runs_the_guest_as_nobody_in_a_chroot_with_every_thread_filtered() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
@@ -441,6 +466,8 @@ fn hull_vmm_runs_the_guest_as_nobody_with_every_thread_filtered() {
             "--gid",
             "65534",
         ])
+        .arg("--chroot")
+        .arg(dir.path())
         .arg("--console")
         .arg(&console)
         .stderr(Stdio::piped())
@@ -461,6 +488,7 @@ fn hull_vmm_runs_the_guest_as_nobody_with_every_thread_filtered() {
     }
     let proc_dir = PathBuf::from(format!("/proc/{}", child.id()));
     let status = std::fs::read_to_string(proc_dir.join("status")).unwrap();
+    let root = std::fs::read_link(proc_dir.join("root")).unwrap();
     let mut threads = Vec::new();
     for t in std::fs::read_dir(proc_dir.join("task")).unwrap() {
         let t = t.unwrap().path();
@@ -474,6 +502,7 @@ fn hull_vmm_runs_the_guest_as_nobody_with_every_thread_filtered() {
     let _ = child.kill();
     let _ = child.wait();
     eprintln!("hull-vmm as nobody: threads {threads:?}");
+    assert_eq!(root, dir.path().canonicalize().unwrap(), "--chroot");
     assert_eq!(status_field(&status, "Uid"), "65534 65534 65534 65534");
     assert_eq!(status_field(&status, "Gid"), "65534 65534 65534 65534");
     assert_eq!(
