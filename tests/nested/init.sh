@@ -103,6 +103,41 @@ check_vsock() {
     fi
 }
 
+# The vsock check again with hull-vmm confined: it drops to uid/gid 65534 inside a chroot
+# (/tmp/jail, holding only the sockets) once the VM is built. The readiness listener is
+# made connectable by that user, as a pod's would be.
+check_confined() {
+    rm -rf /tmp/jail; mkdir -m 755 /tmp/jail
+    start=$(now)
+    hull-vsock-probe /tmp/jail/v.sock "$L2_TIMEOUT" >/tmp/confined.out 2>&1 &
+    probe=$!
+    i=0
+    while ! grep -q 'listening' /tmp/confined.out 2>/dev/null && [ $i -lt 200 ]; do
+        sleep 0.01; i=$((i + 1))
+    done
+    chmod 777 /tmp/jail/v.sock_1025
+    RUST_LOG=info hull-vmm --kernel /l2/vmlinux --initrd /l2/initramfs.cpio \
+        --cmdline "$L2_CMDLINE" --vcpus 1 --memory-mib 256 --vsock-uds /tmp/jail/v.sock \
+        --uid 65534 --gid 65534 --chroot /tmp/jail \
+        --console /tmp/confined.console 2>/tmp/confined.vmm &
+    pid=$!
+    wait "$probe"
+    rc=$?
+    ms=$(ms_since "$start")
+    ids=$(grep '^[UG]id:' "/proc/$pid/status" 2>/dev/null | awk '{print $2}' | tr '\n' /)
+    root=$(readlink "/proc/$pid/root" 2>/dev/null)
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    vmm_rc=$?
+    line=$(grep -m1 'HULL-VSOCK-PROBE: \(ok\|FAIL\)' /tmp/confined.out | sed 's/^HULL-VSOCK-PROBE: //')
+    seccomp=$(grep -c 'seccomp filters installed' /tmp/confined.vmm)
+    if [ "$rc" = 0 ]; then
+        say "confined $line ids=$ids root=$root seccomp=$seccomp total_ms=$ms"
+    else
+        say "confined FAIL rc=$rc vmm_rc=$vmm_rc $line ids=$ids root=$root total_ms=$ms"
+        dump /tmp/confined.out PROBE; dump /tmp/confined.console L2; dump /tmp/confined.vmm VMM
+    fi
+}
+
 checks=$(sed -n 's/.*hull\.checks=\([^ ]*\).*/\1/p' /proc/cmdline)
 for c in $(echo "$checks" | tr , ' '); do
     case "$c" in
@@ -110,6 +145,7 @@ for c in $(echo "$checks" | tr , ' '); do
         agent) check_agent ;;
         reset) check_reset ;;
         vsock) check_vsock ;;
+        confined) check_confined ;;
         *) say "$c FAIL unknown check" ;;
     esac
 done

@@ -130,3 +130,20 @@ fn hull_vmm_boots_the_guest_to_the_agent_serves_vsock_and_exits_when_the_guest_r
         run.elapsed.as_secs_f64()
     );
 }
+
+#[test]
+#[ignore = "boots nested KVM under TCG (a few seconds, needs the L1 build): run by `make nested`"]
+fn hull_vmm_confined_to_nobody_in_a_chroot_with_seccomp_still_serves_the_agent_over_vsock() {
+    let run = run_l1("kvm,confined");
+    run.passed("kvm");
+    // hull-vmm --uid/--gid 65534 --chroot /tmp/jail, seccomp on: the agent's readiness line
+    // reaches <uds>_1025 (a connect from inside the chroot, as nobody), a host CONNECT is
+    // answered and a ttrpc Check answers SERVING; /proc shows the ids and the root.
+    let confined = run.passed("confined");
+    assert!(confined.contains("ready=\"HULL-AGENT-READY "), "{confined}");
+    assert!(confined.contains("check=SERVING"), "{confined}");
+    assert!(confined.contains("ids=65534/65534/"), "{confined}");
+    assert!(confined.contains("root=/tmp/jail "), "{confined}");
+    assert!(confined.contains("seccomp=1"), "{confined}");
+    println!("nested (not native): confined: {confined}");
+}
