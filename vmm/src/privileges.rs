@@ -212,16 +212,24 @@ impl Chroot {
 mod tests {
     use super::*;
 
+    /// Resources with relative input paths and the vsock socket at `dir/pod/v.sock` (built
+    /// through the parser, so new fields get their defaults).
     fn resources(dir: &Path) -> VmResources {
-        VmResources {
-            kernel: "vmlinux".into(),
-            initrd: Some("initrd".into()),
-            cmdline: String::new(),
-            vcpus: 1,
-            memory_bytes: 32 << 20,
-            console: ConsoleOutput::File("console.log".into()),
-            vsock_uds: Some(dir.join("pod/v.sock")),
-        }
+        use clap::Parser;
+        let kernel = dir.join("k");
+        std::fs::write(&kernel, b"k").unwrap();
+        let cli = crate::config::Cli::try_parse_from([
+            "hull-vmm".as_ref(),
+            "--kernel".as_ref(),
+            kernel.as_os_str(),
+        ])
+        .unwrap();
+        let mut r = VmResources::try_from(cli).unwrap();
+        r.kernel = "vmlinux".into();
+        r.initrd = Some("initrd".into());
+        r.console = ConsoleOutput::File("console.log".into());
+        r.vsock_uds = Some(dir.join("pod/v.sock"));
+        r
     }
 
     // One test: it changes the process's working directory.
