@@ -85,7 +85,7 @@ pub enum PrivilegeError {
     },
     /// After the drop the process still holds, or could regain, a privilege.
     #[error("privileges were not dropped: {0}")]
-    NotDropped(String),
+    VerifyDrop(String),
 }
 
 fn check(rc: libc::c_int) -> std::io::Result<()> {
@@ -122,33 +122,33 @@ fn verify(id: Identity) -> Result<(), PrivilegeError> {
     let (mut r, mut e, mut s) = (0, 0, 0);
     // SAFETY: the three pointers are to live locals.
     check(unsafe { libc::getresuid(&mut r, &mut e, &mut s) })
-        .map_err(|e| PrivilegeError::NotDropped(format!("getresuid: {e}")))?;
+        .map_err(|e| PrivilegeError::VerifyDrop(format!("getresuid: {e}")))?;
     if (r, e, s) != (id.uid, id.uid, id.uid) {
-        return Err(PrivilegeError::NotDropped(format!("uids are {r}/{e}/{s}")));
+        return Err(PrivilegeError::VerifyDrop(format!("uids are {r}/{e}/{s}")));
     }
     // SAFETY: the three pointers are to live locals.
     check(unsafe { libc::getresgid(&mut r, &mut e, &mut s) })
-        .map_err(|e| PrivilegeError::NotDropped(format!("getresgid: {e}")))?;
+        .map_err(|e| PrivilegeError::VerifyDrop(format!("getresgid: {e}")))?;
     if (r, e, s) != (id.gid, id.gid, id.gid) {
-        return Err(PrivilegeError::NotDropped(format!("gids are {r}/{e}/{s}")));
+        return Err(PrivilegeError::VerifyDrop(format!("gids are {r}/{e}/{s}")));
     }
     // SAFETY: getgroups with a count of 0 only returns how many groups there are.
     let groups = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
     if groups != 0 {
-        return Err(PrivilegeError::NotDropped(format!(
+        return Err(PrivilegeError::VerifyDrop(format!(
             "{groups} supplementary groups remain"
         )));
     }
     if id.uid != 0 {
         // SAFETY: plain integer argument; success is the failure we test for.
         if unsafe { libc::setuid(0) } == 0 {
-            return Err(PrivilegeError::NotDropped("setuid(0) succeeded".into()));
+            return Err(PrivilegeError::VerifyDrop("setuid(0) succeeded".into()));
         }
     }
     if id.gid != 0 && id.uid != 0 {
         // SAFETY: plain integer argument; success is the failure we test for.
         if unsafe { libc::setgid(0) } == 0 {
-            return Err(PrivilegeError::NotDropped("setgid(0) succeeded".into()));
+            return Err(PrivilegeError::VerifyDrop("setgid(0) succeeded".into()));
         }
     }
     Ok(())

@@ -73,10 +73,10 @@ pub enum SeccompError {
     },
     /// The SIGSYS handler of `--seccomp-trap` could not be installed.
     #[error("installing the SIGSYS handler: {0}")]
-    TrapHandler(std::io::Error),
+    InstallTrapHandler(std::io::Error),
     /// The device-thread spawner could not be started.
     #[error("starting the device-thread spawner: {0}")]
-    Spawner(std::io::Error),
+    StartSpawner(std::io::Error),
 }
 
 /// What a syscall outside the list does.
@@ -303,7 +303,7 @@ impl Filters {
         let otherwise = match mode {
             Mode::Kill => SeccompAction::KillProcess,
             Mode::Trap => {
-                trap::install_handler().map_err(SeccompError::TrapHandler)?;
+                trap::install_handler().map_err(SeccompError::InstallTrapHandler)?;
                 SeccompAction::Trap
             }
         };

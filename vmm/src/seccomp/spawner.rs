@@ -48,11 +48,11 @@ impl DeviceSpawner {
                 }
             });
         if let Err(e) = started {
-            return Err(SeccompError::Spawner(e));
+            return Err(SeccompError::StartSpawner(e));
         }
         ready_rx
             .recv()
-            .map_err(|_| SeccompError::Spawner(std::io::ErrorKind::BrokenPipe.into()))??;
+            .map_err(|_| SeccompError::StartSpawner(std::io::ErrorKind::BrokenPipe.into()))??;
         Ok(DeviceSpawner { tx })
     }
 

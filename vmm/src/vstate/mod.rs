@@ -2,9 +2,9 @@
 //!
 //! [`Vm::run`] starts one thread per vCPU and then waits on the [`ExitSignal`], which the
 //! first vCPU or device that sees the guest end (reset, power-off, a KVM error) raises.
-//! With seccomp on ([`Vm::run_sandboxed`]) each thread installs its filter before guest code
-//! runs. hull-vmm is one VM per process: once the reason is known, `run` flushes the console and
-//! returns, and the process exit ends the vCPU threads still inside `KVM_RUN`.
+//! With seccomp on ([`Vm::run_sandboxed`]) each thread installs its filter before guest
+//! code runs. hull-vmm is one VM per process: once the reason is known, `run` flushes the
+//! console and returns, and the process exit ends the vCPU threads still inside `KVM_RUN`.
 
 mod exit;
 mod vcpu;
@@ -38,7 +38,7 @@ pub enum RunError {
     Wait(std::io::Error),
     /// A seccomp filter could not be installed.
     #[error(transparent)]
-    Seccomp(#[from] SeccompError),
+    InstallFilter(#[from] SeccompError),
 }
 
 /// A configured VM, ready to run.
@@ -86,7 +86,7 @@ impl Vm {
         let vcpus = std::mem::take(&mut self.vcpus);
         let gate = Arc::new(Barrier::new(vcpus.len() + 1));
         let spawner = match &filters {
-            Some(f) => Some(DeviceSpawner::start(f.clone()).map_err(RunError::Seccomp)?),
+            Some(f) => Some(DeviceSpawner::start(f.clone()).map_err(RunError::InstallFilter)?),
             None => None,
         };
         for vcpu in vcpus {
@@ -113,7 +113,8 @@ impl Vm {
                 .map_err(|source| RunError::SpawnVcpu { index, source })?;
         }
         if let Some(f) = &filters {
-            f.install(ThreadKind::Vmm).map_err(RunError::Seccomp)?;
+            f.install(ThreadKind::Vmm)
+                .map_err(RunError::InstallFilter)?;
             log::info!("seccomp filters installed on every thread");
         }
         gate.wait();
