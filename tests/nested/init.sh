@@ -47,7 +47,7 @@ check_agent() {
     done
     ms=$(ms_since "$start")
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-    say "agent $result ms=$ms line=\"$(grep -m1 'filesystems mounted' /tmp/agent.console | tr -d '\r')\""
+    say "agent $result ms=$ms seccomp=$(grep -c 'seccomp filters installed' /tmp/agent.vmm) line=\"$(grep -m1 'filesystems mounted' /tmp/agent.console | tr -d '\r')\""
     [ "$result" = ok ] || { dump /tmp/agent.console L2; dump /tmp/agent.vmm VMM; }
     dump /tmp/agent.vmm VMM | grep 'first KVM_RUN' || true
 }
@@ -90,12 +90,51 @@ check_vsock() {
     rc=$?
     ms=$(ms_since "$start")
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    vmm_rc=$?
     line=$(grep -m1 'HULL-VSOCK-PROBE: \(ok\|FAIL\)' /tmp/probe.out | sed 's/^HULL-VSOCK-PROBE: //')
     if [ "$rc" = 0 ]; then
-        say "vsock $line total_ms=$ms"
+        say "vsock $line total_ms=$ms seccomp=$(grep -c 'seccomp filters installed' /tmp/vsock.vmm)"
     else
-        say "vsock FAIL rc=$rc $line total_ms=$ms"
+        # vmm_rc 143: still running when killed; 159: killed by SIGSYS (its seccomp filter;
+        # the kernel's audit line below names the syscall).
+        say "vsock FAIL rc=$rc vmm_rc=$vmm_rc $line total_ms=$ms"
         dump /tmp/probe.out PROBE; dump /tmp/vsock.console L2; dump /tmp/vsock.vmm VMM
+        dmesg | grep 'audit.*syscall=' | tail -n 3 | sed 's/^/KERNEL| /'
+    fi
+}
+
+# The vsock check again with hull-vmm confined: it drops to uid/gid 65534 inside a chroot
+# (/tmp/jail, holding only the sockets) once the VM is built. The readiness listener is
+# made connectable by that user, as a pod's would be.
+check_confined() {
+    rm -rf /tmp/jail; mkdir -m 755 /tmp/jail
+    start=$(now)
+    hull-vsock-probe /tmp/jail/v.sock "$L2_TIMEOUT" >/tmp/confined.out 2>&1 &
+    probe=$!
+    i=0
+    while ! grep -q 'listening' /tmp/confined.out 2>/dev/null && [ $i -lt 200 ]; do
+        sleep 0.01; i=$((i + 1))
+    done
+    chmod 777 /tmp/jail/v.sock_1025
+    RUST_LOG=info hull-vmm --kernel /l2/vmlinux --initrd /l2/initramfs.cpio \
+        --cmdline "$L2_CMDLINE" --vcpus 1 --memory-mib 256 --vsock-uds /tmp/jail/v.sock \
+        --uid 65534 --gid 65534 --chroot /tmp/jail \
+        --console /tmp/confined.console 2>/tmp/confined.vmm &
+    pid=$!
+    wait "$probe"
+    rc=$?
+    ms=$(ms_since "$start")
+    ids=$(grep '^[UG]id:' "/proc/$pid/status" 2>/dev/null | awk '{print $2}' | tr '\n' /)
+    root=$(readlink "/proc/$pid/root" 2>/dev/null)
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    vmm_rc=$?
+    line=$(grep -m1 'HULL-VSOCK-PROBE: \(ok\|FAIL\)' /tmp/confined.out | sed 's/^HULL-VSOCK-PROBE: //')
+    seccomp=$(grep -c 'seccomp filters installed' /tmp/confined.vmm)
+    if [ "$rc" = 0 ]; then
+        say "confined $line ids=$ids root=$root seccomp=$seccomp total_ms=$ms"
+    else
+        say "confined FAIL rc=$rc vmm_rc=$vmm_rc $line ids=$ids root=$root total_ms=$ms"
+        dump /tmp/confined.out PROBE; dump /tmp/confined.console L2; dump /tmp/confined.vmm VMM
     fi
 }
 
@@ -213,6 +252,7 @@ for c in $(echo "$checks" | tr , ' '); do
         blk) check_blk ;;
         net) check_net ;;
         garbage) check_garbage ;;
+        confined) check_confined ;;
         *) say "$c FAIL unknown check" ;;
     esac
 done

@@ -65,6 +65,31 @@ pub struct Cli {
     /// administered one if not given.
     #[arg(long, value_name = "MAC")]
     pub mac: Option<String>,
+    /// Do not install the seccomp filters. For debugging only: by default every thread
+    /// runs under its own syscall allowlist, and a syscall outside it kills hull-vmm
+    /// (SIGSYS).
+    #[arg(long = "no-seccomp")]
+    pub no_seccomp: bool,
+    /// Debugging: a syscall outside a thread's allowlist is reported on stderr (thread kind
+    /// and syscall number), then hull-vmm exits with status 159, instead of the kernel
+    /// killing it by SIGSYS without a word.
+    #[arg(long = "seccomp-trap", conflicts_with = "no_seccomp")]
+    pub seccomp_trap: bool,
+    /// Run as this user id once the VM is built. hull-vmm (started as root) first opens
+    /// everything named here (/dev/kvm, kernel, initrd, console, vsock socket), then drops
+    /// its supplementary groups, group and user, checks it cannot regain root, and only then
+    /// runs guest code. The vsock device's `<uds>_<port>` listeners must accept this user.
+    /// Needs --gid.
+    #[arg(long, requires = "gid")]
+    pub uid: Option<u32>,
+    /// Run as this group id once the VM is built (see --uid). Needs --uid.
+    #[arg(long, requires = "uid")]
+    pub gid: Option<u32>,
+    /// Change the root directory to DIR once the VM is built, before changing user (so
+    /// needs --uid). Inputs are opened before; --vsock-uds must lie inside DIR, and the
+    /// device's `<uds>_<port>` connections then resolve inside it.
+    #[arg(long, value_name = "DIR", requires = "uid")]
+    pub chroot: Option<PathBuf>,
 }
 
 /// One virtio-blk disk.
@@ -93,6 +118,35 @@ pub struct NetConfig {
     pub tap: TapSource,
     /// Its MAC address.
     pub mac: [u8; 6],
+}
+
+/// How hull-vmm confines itself once the VM is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// What each thread's seccomp filter does to a syscall outside its list; `None`
+    /// (`--no-seccomp`): no filters.
+    pub seccomp: Option<crate::seccomp::Mode>,
+    /// The user and group to become, if any.
+    pub run_as: Option<crate::privileges::Identity>,
+    /// The directory to make the root, if any.
+    pub chroot: Option<PathBuf>,
+}
+
+impl From<&Cli> for Sandbox {
+    fn from(cli: &Cli) -> Self {
+        Sandbox {
+            seccomp: match (cli.no_seccomp, cli.seccomp_trap) {
+                (true, _) => None,
+                (false, true) => Some(crate::seccomp::Mode::Trap),
+                (false, false) => Some(crate::seccomp::Mode::Kill),
+            },
+            run_as: cli
+                .uid
+                .zip(cli.gid)
+                .map(|(uid, gid)| crate::privileges::Identity { uid, gid }),
+            chroot: cli.chroot.clone(),
+        }
+    }
 }
 
 /// Where the guest's serial console goes.
@@ -360,6 +414,57 @@ mod tests {
         assert_eq!(r.initrd, None);
         assert!(r.cmdline.contains("reboot=t"));
         assert_eq!(r.vsock_uds, None);
+    }
+
+    #[test]
+    fn seccomp_is_on_unless_turned_off_and_uid_needs_gid() {
+        let (_d, k, _i) = files();
+        let k = k.to_str().unwrap();
+        let s = Sandbox::from(&parse(&["--kernel", k]).unwrap());
+        assert_eq!(
+            s,
+            Sandbox {
+                seccomp: Some(crate::seccomp::Mode::Kill),
+                run_as: None,
+                chroot: None
+            }
+        );
+        let s = Sandbox::from(
+            &parse(&[
+                "--kernel",
+                k,
+                "--no-seccomp",
+                "--uid",
+                "65534",
+                "--gid",
+                "65533",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(
+            s,
+            Sandbox {
+                seccomp: None,
+                run_as: Some(crate::privileges::Identity {
+                    uid: 65534,
+                    gid: 65533
+                }),
+                chroot: None
+            }
+        );
+        let s = Sandbox::from(&parse(&["--kernel", k, "--seccomp-trap"]).unwrap());
+        assert_eq!(s.seccomp, Some(crate::seccomp::Mode::Trap));
+        assert!(parse(&["--kernel", k, "--seccomp-trap", "--no-seccomp"]).is_err());
+        assert!(parse(&["--kernel", k, "--uid", "1"]).is_err());
+        assert!(parse(&["--kernel", k, "--chroot", "/srv"]).is_err());
+        let s = Sandbox::from(
+            &parse(&[
+                "--kernel", k, "--chroot", "/srv", "--uid", "1", "--gid", "1",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(s.chroot, Some(PathBuf::from("/srv")));
+        assert!(parse(&["--kernel", k, "--gid", "1"]).is_err());
     }
 
     #[test]

@@ -119,6 +119,10 @@ fn hull_vmm_boots_the_guest_to_the_agent_serves_vsock_and_exits_when_the_guest_r
     assert!(vsock.contains("ready=\"HULL-AGENT-READY "), "{vsock}");
     assert!(vsock.contains("reply=\"OK "), "{vsock}");
     assert!(vsock.contains("check=SERVING"), "{vsock}");
+    // Both ran with every thread under its seccomp filter (hull-vmm's default): the vsock
+    // check drives the vCPU, device-spawner and vsock device threads.
+    assert!(agent.contains("seccomp=1"), "{agent}");
+    assert!(vsock.contains("seccomp=1"), "{vsock}");
     assert!(run.result("done").is_some(), "L1 did not finish its checks");
     println!(
         "nested figures (L2 on kvm_amd inside QEMU TCG, not native):\n  agent: {agent}\n  \
@@ -175,4 +179,21 @@ fn hull_vmm_serves_disks_and_a_tap_and_survives_a_guest_that_writes_garbage_into
          net: {net}\n  garbage: {garbage}\n  whole L1 run: {:.2} s",
         run.elapsed.as_secs_f64()
     );
+}
+
+#[test]
+#[ignore = "boots nested KVM under TCG (a few seconds, needs the L1 build): run by `make nested`"]
+fn hull_vmm_confined_to_nobody_in_a_chroot_with_seccomp_still_serves_the_agent_over_vsock() {
+    let run = run_l1("kvm,confined");
+    run.passed("kvm");
+    // hull-vmm --uid/--gid 65534 --chroot /tmp/jail, seccomp on: the agent's readiness line
+    // reaches <uds>_1025 (a connect from inside the chroot, as nobody), a host CONNECT is
+    // answered and a ttrpc Check answers SERVING; /proc shows the ids and the root.
+    let confined = run.passed("confined");
+    assert!(confined.contains("ready=\"HULL-AGENT-READY "), "{confined}");
+    assert!(confined.contains("check=SERVING"), "{confined}");
+    assert!(confined.contains("ids=65534/65534/"), "{confined}");
+    assert!(confined.contains("root=/tmp/jail "), "{confined}");
+    assert!(confined.contains("seccomp=1"), "{confined}");
+    println!("nested (not native): confined: {confined}");
 }

@@ -96,9 +96,8 @@ impl VirtioDevice for Vsock {
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(ActivateError::Spawn)?;
         let mut worker = Worker::new(mem, queues, interrupt, muxer, events)?;
-        std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || worker.run())
+        // Through the spawner, so that the thread runs under the device filter only.
+        crate::seccomp::spawn_device_thread("vsock", move || worker.run())
             .map_err(ActivateError::Spawn)?;
         Ok(())
     }
