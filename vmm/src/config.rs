@@ -76,9 +76,9 @@ pub struct Cli {
     #[arg(long = "seccomp-trap", conflicts_with = "no_seccomp")]
     pub seccomp_trap: bool,
     /// Run as this user id once the VM is built. hull-vmm (started as root) first opens
-    /// everything named here (/dev/kvm, kernel, initrd, console, vsock socket), then drops
-    /// its supplementary groups, group and user, checks it cannot regain root, and only then
-    /// runs guest code. The vsock device's `<uds>_<port>` listeners must accept this user.
+    /// everything named here (/dev/kvm, kernel, initrd, console, vsock socket, disks, tap),
+    /// then drops its supplementary groups, group and user, checks it cannot regain root,
+    /// and only then runs guest code. The vsock device's `<uds>_<port>` listeners must accept this user.
     /// Needs --gid.
     #[arg(long, requires = "gid")]
     pub uid: Option<u32>,

@@ -32,7 +32,7 @@ pub const COMMON: &[Allowed] = &[
     Allowed::any(
         libc::SYS_write,
         "write",
-        "logging to stderr; eventfds; the console; sockets",
+        "logging to stderr; eventfds; the console; sockets; blk OUT; net frames to the tap",
     ),
     Allowed::any(libc::SYS_close, "close", "dropping file descriptors"),
     Allowed::args(
@@ -192,8 +192,9 @@ pub const VCPU: &[Allowed] = &[
     ),
 ];
 
-/// A virtio device thread (vsock's worker): an epoll loop over queue eventfds and the
-/// muxer's unix sockets.
+/// A virtio device thread: vsock's worker (an epoll loop over queue eventfds and the
+/// muxer's unix sockets), blk's (poll on its queue eventfd, blocking I/O on the image
+/// file) and net's (an epoll loop over queue eventfds and the tap).
 pub const DEVICE: &[Allowed] = &[
     Allowed::any(
         libc::SYS_epoll_pwait,
@@ -205,7 +206,21 @@ pub const DEVICE: &[Allowed] = &[
         "epoll_ctl",
         "watching and forgetting host sockets",
     ),
-    Allowed::any(libc::SYS_read, "read", "queue eventfds; host sockets"),
+    Allowed::any(
+        libc::SYS_read,
+        "read",
+        "queue eventfds; host sockets; blk IN into guest memory; net frames from the tap",
+    ),
+    Allowed::any(
+        libc::SYS_lseek,
+        "lseek",
+        "blk: a request's sector (File::seek before the reads or writes)",
+    ),
+    Allowed::any(
+        libc::SYS_fdatasync,
+        "fdatasync",
+        "blk: FLUSH on a writable disk (File::sync_data)",
+    ),
     Allowed::any(
         libc::SYS_recvfrom,
         "recvfrom",
@@ -257,15 +272,26 @@ pub const DEVICE: &[Allowed] = &[
 
 /// The device thread's entries whose syscall differs between architectures.
 #[cfg(target_arch = "x86_64")]
-pub const DEVICE_ARCH: &[Allowed] = &[Allowed::any(
-    libc::SYS_epoll_wait,
-    "epoll_wait",
-    "the worker's event loop (glibc on x86_64)",
-)];
+pub const DEVICE_ARCH: &[Allowed] = &[
+    Allowed::any(
+        libc::SYS_epoll_wait,
+        "epoll_wait",
+        "the worker's event loop (glibc on x86_64)",
+    ),
+    Allowed::any(
+        libc::SYS_poll,
+        "poll",
+        "blk: waiting on the queue eventfd (glibc and musl on x86_64)",
+    ),
+];
 
-/// The device thread's entries whose syscall differs between architectures (none).
+/// The device thread's entries whose syscall differs between architectures.
 #[cfg(target_arch = "aarch64")]
-pub const DEVICE_ARCH: &[Allowed] = &[];
+pub const DEVICE_ARCH: &[Allowed] = &[Allowed::any(
+    libc::SYS_ppoll,
+    "ppoll",
+    "blk: waiting on the queue eventfd (libc's poll is ppoll on aarch64)",
+)];
 
 /// What creating a thread takes, on both sides of `clone` (the new thread runs its start-up
 /// under its creator's filter, before it installs its own). Only the device-thread spawner

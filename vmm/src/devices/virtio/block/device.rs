@@ -168,9 +168,8 @@ impl VirtioDevice for Block {
             .try_clone()
             .map_err(ActivateError::Spawn)?;
         let mut worker = Worker::new(mem, queues, interrupt, disk)?;
-        std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || worker.run(&event))
+        // Through the spawner, so that the thread runs under the device filter only.
+        crate::seccomp::spawn_device_thread("virtio-blk", move || worker.run(&event))
             .map_err(ActivateError::Spawn)?;
         Ok(())
     }

@@ -71,12 +71,15 @@ pub enum ChainError {
     Copy(std::io::Error),
 }
 
-/// A virtio network device: MAC and, until activation, the tap.
+/// A virtio network device: MAC and, until activation, the tap and the worker's epoll.
 #[derive(Debug)]
 pub struct Net {
     config: [u8; 8],
     queue_events: Vec<EventFd>,
     tap: Option<File>,
+    /// Made at build time: activation runs on a vCPU thread, whose seccomp filter allows
+    /// `epoll_ctl` but not `epoll_create1`.
+    epoll: Option<Epoll>,
 }
 
 impl Net {
@@ -95,6 +98,7 @@ impl Net {
             config,
             queue_events,
             tap: Some(tap),
+            epoll: Some(Epoll::new()?),
         })
     }
 }
@@ -134,17 +138,18 @@ impl VirtioDevice for Net {
         _acked_features: u64,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let tap = self.tap.take().ok_or(ActivateError::AlreadyActive)?;
+        let (Some(tap), Some(epoll)) = (self.tap.take(), self.epoll.take()) else {
+            return Err(ActivateError::AlreadyActive);
+        };
         let events = self
             .queue_events
             .iter()
             .map(EventFd::try_clone)
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(ActivateError::Spawn)?;
-        let mut worker = Worker::new(mem, queues, interrupt, tap, events)?;
-        std::thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || worker.run())
+        let mut worker = Worker::new(mem, queues, interrupt, tap, events, epoll)?;
+        // Through the spawner, so that the thread runs under the device filter only.
+        crate::seccomp::spawn_device_thread("virtio-net", move || worker.run())
             .map_err(ActivateError::Spawn)?;
         Ok(())
     }
@@ -210,19 +215,19 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker for the activated queues; registers the queue events and the tap on its
-    /// epoll.
+    /// A worker for the activated queues; registers the queue events and the tap on
+    /// `epoll` (a new, empty one).
     pub fn new(
         mem: GuestMemoryMmap,
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
         tap: File,
         events: Vec<EventFd>,
+        epoll: Epoll,
     ) -> Result<Self, ActivateError> {
         if queues.len() != QUEUE_SIZES.len() || events.len() != QUEUE_SIZES.len() {
             return Err(ActivateError::InvalidQueue(queues.len()));
         }
-        let epoll = Epoll::new().map_err(ActivateError::Spawn)?;
         for (fd, token) in [
             (events[RXQ].as_raw_fd(), TOKEN_RXQ),
             (events[TXQ].as_raw_fd(), TOKEN_TXQ),
@@ -510,6 +515,7 @@ mod tests {
             interrupt,
             tap,
             events,
+            Epoll::new().unwrap(),
         )
         .unwrap();
         Rig {
