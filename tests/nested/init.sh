@@ -28,6 +28,8 @@ check_kvm() {
 
 # Prints an L2 console / VMM log with a prefix, so it is told apart from L1's output.
 dump() { sed "s/^/$2| /" "$1" 2>/dev/null | tail -n 40; }
+# The kernel's audit lines of the last seccomp kills (they name the syscall).
+audit() { dmesg | grep 'audit.*syscall=' | tail -n 3 | sed 's/^/KERNEL| /'; }
 
 # Boots the real guest image; passes when the agent reports its mounts on the console.
 check_agent() {
@@ -148,6 +150,8 @@ check_blk() {
     dd if=/dev/zero of=/tmp/big.img bs=1048576 count=64 2>/dev/null
     want=$(sha256sum /tmp/ro.img | cut -d' ' -f1)
     start=$(now)
+    # Only vstate's info lines: they say the seccomp filters are on (the default).
+    RUST_LOG=warn,hull_vmm::vstate=info \
     timeout -s KILL "$L2_TIMEOUT" hull-vmm --kernel /l2/vmlinux --initrd /l2/test.cpio \
         --cmdline "$L2_CMDLINE hull.l2=blk" --vcpus 1 --memory-mib 128 \
         --block /tmp/ro.img,ro --block /tmp/rw.img --block /tmp/big.img,ro \
@@ -161,10 +165,11 @@ check_blk() {
     rm -f /tmp/big.img
     if [ "$rc" = 0 ] && [ -n "$got" ] && [ "$got" = "$want" ] \
         && grep -q 'vda-write=refused' /tmp/blk.console && [ "$wrote" = hull-l2-wrote-this ]; then
-        say "blk ok ms=$ms sha256_match=yes $line rw=\"$wrote\" ro_write=refused $read"
+        say "blk ok ms=$ms sha256_match=yes $line rw=\"$wrote\" ro_write=refused $read seccomp=$(grep -c 'seccomp filters installed' /tmp/blk.vmm)"
     else
+        # code 159: killed by SIGSYS (a syscall off a seccomp list; the audit line names it).
         say "blk FAIL code=$rc ms=$ms want=$want $line rw=\"$wrote\""
-        dump /tmp/blk.console L2; dump /tmp/blk.vmm VMM
+        dump /tmp/blk.console L2; dump /tmp/blk.vmm VMM; audit
     fi
 }
 
@@ -196,10 +201,10 @@ check_net() {
         *) l1="$l1 l2_failed" ;;
     esac
     if [ "$l1" = ok ]; then
-        say "net ok ms=$ms l2_to_l1=\"$l2\" l1_to_l2=\"$l1n\" $mac"
+        say "net ok ms=$ms l2_to_l1=\"$l2\" l1_to_l2=\"$l1n\" $mac seccomp=$(grep -c 'seccomp filters installed' /tmp/net.vmm)"
     else
         say "net FAIL ms=$ms l2_to_l1=\"$l2\" l1_to_l2=\"$l1 $l1n\" $mac"
-        cat /tmp/net.ping; dump /tmp/net.console L2; dump /tmp/net.vmm VMM
+        cat /tmp/net.ping; dump /tmp/net.console L2; dump /tmp/net.vmm VMM; audit
     fi
 }
 
@@ -211,6 +216,7 @@ check_garbage() {
     rm -f /tmp/g.sock /tmp/g.sock_*
     dd if=/dev/zero of=/tmp/g.img bs=1024 count=64 2>/dev/null
     start=$(now)
+    RUST_LOG=warn,hull_vmm::vstate=info \
     timeout -s KILL "$L2_TIMEOUT" hull-vmm --kernel /l2/garbage-guest --cmdline garbage \
         --vcpus 1 --memory-mib 64 --vsock-uds /tmp/g.sock --block /tmp/g.img --tap hullg0 \
         --console /tmp/garbage.console 2>/tmp/garbage.vmm &
@@ -234,10 +240,11 @@ check_garbage() {
     used=$(grep -m1 GARBAGE-USED /tmp/garbage.console | tr -d '\r' | sed 's/GARBAGE-USED //;s/ /,/g')
     if [ "$rc" = 0 ] && grep -q GARBAGE-END /tmp/garbage.console && [ "$errs" -gt 0 ] \
         && ! grep -qi 'panick' /tmp/garbage.vmm; then
-        say "garbage ok code=$rc ms=$ms guest_error_lines=$errs log_lines=$lines used=$used why=\"$why\""
+        say "garbage ok code=$rc ms=$ms guest_error_lines=$errs log_lines=$lines used=$used seccomp=$(grep -c 'seccomp filters installed' /tmp/garbage.vmm) why=\"$why\""
     else
+        # code 159: killed by SIGSYS (a syscall off a seccomp list; the audit line names it).
         say "garbage FAIL code=$rc ms=$ms guest_error_lines=$errs log_lines=$lines"
-        dump /tmp/garbage.console L2; dump /tmp/garbage.vmm VMM
+        dump /tmp/garbage.console L2; dump /tmp/garbage.vmm VMM; audit
     fi
     sed 's/[0-9][0-9]*/N/g' /tmp/garbage.vmm | sort | uniq -c | sort -rn | head -n 12 | sed 's/^/VMM-LOG| /'
 }

@@ -162,6 +162,12 @@ fn hull_vmm_serves_disks_and_a_tap_and_survives_a_guest_that_writes_garbage_into
         .collect();
     assert_eq!(used.len(), 9, "{garbage}");
     assert!(used[3] > 0, "virtio-blk returned no chain: {garbage}");
+    // All three ran with every thread under its seccomp filter (the default): the blk and
+    // net device threads under the device filter, started through the spawner. A syscall
+    // off a list would have killed hull-vmm (the checks above would have failed).
+    for line in [blk, net, garbage] {
+        assert!(line.contains("seccomp=1"), "{line}");
+    }
     // ... and could not flood the host's log: each device's guest errors are logged once
     // at warn (debug after that).
     let log_lines: u32 = garbage
