@@ -12,7 +12,7 @@ use hull_protocol::agent::*;
 use oci_spec::runtime::Spec;
 use tokio::io::AsyncWriteExt;
 
-use super::{ctx, read_all, stdio, HostAgent};
+use super::{busybox_rootfs, ctx, read_all, stdio, Target};
 
 /// Debian's runc, the reference runtime.
 pub const RUNC: &str = "/usr/sbin/runc";
@@ -74,7 +74,7 @@ impl Runc {
     pub async fn run(&self, id: &str, spec: &Spec, io: &Io) -> Outcome {
         let bundle = self.dir.path().join("bundles").join(id);
         let rootfs = bundle.join("rootfs");
-        super::busybox_rootfs(&rootfs);
+        busybox_rootfs(&rootfs);
         let mut spec = spec.clone();
         let mut root = spec.root().clone().unwrap_or_default();
         root.set_path(rootfs);
@@ -197,13 +197,13 @@ fn run_on_pty(mut cmd: Command, stdin: Option<Vec<u8>>) -> Outcome {
 
 /// Runs `spec` as container `id` through the agent: create, start, feed stdin, collect the
 /// output, wait, remove.
-pub async fn run_hull(agent: &HostAgent, id: &str, spec: &Spec, io: &Io) -> Outcome {
+pub async fn run_hull<T: Target>(agent: &T, id: &str, spec: &Spec, io: &Io) -> Outcome {
     tokio::time::timeout(RUN_TIMEOUT, run_hull_inner(agent, id, spec, io))
         .await
         .unwrap_or_else(|_| panic!("hull run {id} took more than {RUN_TIMEOUT:?}"))
 }
 
-async fn run_hull_inner(agent: &HostAgent, id: &str, spec: &Spec, io: &Io) -> Outcome {
+async fn run_hull_inner<T: Target>(agent: &T, id: &str, spec: &Spec, io: &Io) -> Outcome {
     let rootfs = agent.rootfs(id);
     let (sin, sout, serr) = (format!("{id}-in"), format!("{id}-out"), format!("{id}-err"));
     let input = match io.stdin {
@@ -226,7 +226,7 @@ async fn run_hull_inner(agent: &HostAgent, id: &str, spec: &Spec, io: &Io) -> Ou
         ),
         ..Default::default()
     };
-    if let Err(e) = agent.client.create_container(ctx(), &req).await {
+    if let Err(e) = agent.client().create_container(ctx(), &req).await {
         return Outcome {
             stdout: vec![],
             stderr: vec![],
@@ -240,7 +240,7 @@ async fn run_hull_inner(agent: &HostAgent, id: &str, spec: &Spec, io: &Io) -> Ou
         ..Default::default()
     };
     agent
-        .client
+        .client()
         .start_container(ctx(), &container)
         .await
         .unwrap_or_else(|e| panic!("start {id}: {e:?}"));
@@ -265,11 +265,11 @@ async fn run_hull_inner(agent: &HostAgent, id: &str, spec: &Spec, io: &Io) -> Ou
         feed,
         read_all(out),
         collect_err,
-        agent.client.wait_process(ctx(), &wait)
+        agent.client().wait_process(ctx(), &wait)
     );
     let w = w.unwrap_or_else(|e| panic!("wait {id}: {e:?}"));
     agent
-        .client
+        .client()
         .remove_container(ctx(), &container)
         .await
         .unwrap_or_else(|e| panic!("remove {id}: {e:?}"));

@@ -3,23 +3,20 @@
 
 #![allow(dead_code)]
 
+pub mod common;
 pub mod conformance;
+pub mod corpus;
 
+pub use common::*;
+
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hull_protocol::agent::*;
 use hull_protocol::agent_ttrpc::AgentClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-
-/// Debian's busybox-static, the only binary in test rootfs.
-pub const BUSYBOX: &str = "/bin/busybox";
-
-pub fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(30_000_000_000)
-}
 
 /// A host-mode agent serving containers from `share`.
 pub struct HostAgent {
@@ -45,14 +42,24 @@ impl HostAgent {
         let state = dir.path().join("state");
         std::fs::create_dir_all(&share).unwrap();
         let sock = dir.path().join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_hull-agent"))
-            .args(["--listen", &format!("unix:{}", sock.display())])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hull-agent"));
+        cmd.args(["--listen", &format!("unix:{}", sock.display())])
             .args(["--share-dir", share.to_str().unwrap()])
             .args(["--state-dir", state.to_str().unwrap()])
             .args(["--log-level", "debug"])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdin(Stdio::null());
+        // SAFETY: prctl(2) is async-signal-safe and touches only the child's own state.
+        // A test binary that dies (a panic in a spawned task, a timeout) takes the agent
+        // and, through it, its containers with it.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
         let start = Instant::now();
         while !sock.exists() {
             assert!(
@@ -128,25 +135,18 @@ pub fn leftover_cgroups(id: &str) -> Vec<PathBuf> {
     out
 }
 
-/// Builds a rootfs at `root`: a copy of busybox (a copy, not a link: a container may write
-/// to it), a symlink per applet, /etc/passwd and /etc/group.
-pub fn busybox_rootfs(root: &Path) {
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
+impl Target for HostAgent {
+    fn client(&self) -> &AgentClient {
+        &self.client
     }
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
+
+    fn rootfs(&self, name: &str) -> String {
+        HostAgent::rootfs(self, name)
     }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nnobody:x:65534:\n").unwrap();
+
+    fn stream(&self, id: &str) -> impl std::future::Future<Output = UnixStream> + Send {
+        HostAgent::stream(self, id)
+    }
 }
 
 impl Drop for HostAgent {
@@ -155,35 +155,3 @@ impl Drop for HostAgent {
         let _ = self.child.wait();
     }
 }
-
-/// A runc-like default spec running `args`, without a terminal.
-pub fn spec(args: &[&str]) -> oci_spec::runtime::Spec {
-    let mut spec = oci_spec::runtime::Spec::default();
-    let mut p = spec.process().clone().unwrap();
-    p.set_terminal(Some(false));
-    p.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
-    spec.set_process(Some(p));
-    spec
-}
-
-pub fn spec_json(spec: &oci_spec::runtime::Spec) -> Vec<u8> {
-    serde_json::to_vec(spec).unwrap()
-}
-
-/// Reads a stream to EOF.
-pub async fn read_all(mut s: UnixStream) -> Vec<u8> {
-    let mut v = Vec::new();
-    s.read_to_end(&mut v).await.unwrap();
-    v
-}
-
-pub fn stdio(stdin: &str, stdout: &str, stderr: &str) -> protobuf::MessageField<StdioStreams> {
-    protobuf::MessageField::some(StdioStreams {
-        stdin: stdin.into(),
-        stdout: stdout.into(),
-        stderr: stderr.into(),
-        ..Default::default()
-    })
-}
-
-pub use hull_protocol::protobuf;
