@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the nested harness's L1: a KVM-host kernel (guest fragments + guest-image/l1, cached
 # by build-kernel.sh) and an L1 initramfs holding busybox, init.sh as /init, a static
-# hull-vmm (with hull-vsock-probe) and the L2 guest image. Writes a sourceable env file ($2):
+# hull-vmm (with hull-vsock-probe), the L2 guest image, an L2 test initramfs (busybox +
+# l2-init.sh) and the bare garbage guest (garbage-guest.S). Writes a sourceable env file ($2):
 #   HULL_NESTED_KERNEL=<L1 bzImage>   HULL_NESTED_INITRD=<L1 initramfs>
 # Usage: build.sh GUEST_IMAGE_ENV NESTED_ENV   (GUEST_IMAGE_ENV from guest-image/build.sh)
 set -euo pipefail
@@ -31,6 +32,25 @@ fi
 
 out="$top/target/nested"
 mkdir -p "$out"
+
+# L2 test initramfs for the blk/net checks (the guest image's /init is hull-agent): busybox
+# and l2-init.sh as /init, booting the guest image's kernel.
+cat >"$out/l2-test.list" <<LIST
+dir /dev 0755 0 0
+nod /dev/console 0600 0 0 c 5 1
+dir /proc 0555 0 0
+dir /sys 0555 0 0
+dir /tmp 1777 0 0
+dir /bin 0755 0 0
+file /bin/busybox $busybox 0755 0 0
+file /init $here/l2-init.sh 0755 0 0
+LIST
+"$kdir/gen_init_cpio" "$out/l2-test.list" >"$out/l2-test.cpio"
+
+# The garbage check's hostile guest: a bare PVH ELF (see garbage-guest.S).
+gcc -c -m64 "$here/garbage-guest.S" -o "$out/garbage-guest.o"
+ld -m elf_x86_64 -N -static -nostdlib --no-warn-rwx-segments -Ttext=0x100000 -e _start \
+    -o "$out/garbage-guest" "$out/garbage-guest.o"
 cat >"$out/l1.list" <<LIST
 dir /dev 0755 0 0
 nod /dev/console 0600 0 0 c 5 1
@@ -45,6 +65,8 @@ file /bin/hull-vmm $vmm 0755 0 0
 file /bin/hull-vsock-probe $probe 0755 0 0
 file /l2/vmlinux $HULL_KERNEL 0644 0 0
 file /l2/initramfs.cpio $HULL_INITRD 0644 0 0
+file /l2/test.cpio $out/l2-test.cpio 0644 0 0
+file /l2/garbage-guest $out/garbage-guest 0644 0 0
 LIST
 "$kdir/gen_init_cpio" "$out/l1.list" >"$out/l1-initramfs.cpio.tmp"
 mv "$out/l1-initramfs.cpio.tmp" "$out/l1-initramfs.cpio"

@@ -28,6 +28,8 @@ check_kvm() {
 
 # Prints an L2 console / VMM log with a prefix, so it is told apart from L1's output.
 dump() { sed "s/^/$2| /" "$1" 2>/dev/null | tail -n 40; }
+# The kernel's audit lines of the last seccomp kills (they name the syscall).
+audit() { dmesg | grep 'audit.*syscall=' | tail -n 3 | sed 's/^/KERNEL| /'; }
 
 # Boots the real guest image; passes when the agent reports its mounts on the console.
 check_agent() {
@@ -47,7 +49,7 @@ check_agent() {
     done
     ms=$(ms_since "$start")
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-    say "agent $result ms=$ms line=\"$(grep -m1 'filesystems mounted' /tmp/agent.console | tr -d '\r')\""
+    say "agent $result ms=$ms seccomp=$(grep -c 'seccomp filters installed' /tmp/agent.vmm) line=\"$(grep -m1 'filesystems mounted' /tmp/agent.console | tr -d '\r')\""
     [ "$result" = ok ] || { dump /tmp/agent.console L2; dump /tmp/agent.vmm VMM; }
     dump /tmp/agent.vmm VMM | grep 'first KVM_RUN' || true
 }
@@ -90,13 +92,161 @@ check_vsock() {
     rc=$?
     ms=$(ms_since "$start")
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    vmm_rc=$?
     line=$(grep -m1 'HULL-VSOCK-PROBE: \(ok\|FAIL\)' /tmp/probe.out | sed 's/^HULL-VSOCK-PROBE: //')
     if [ "$rc" = 0 ]; then
-        say "vsock $line total_ms=$ms"
+        say "vsock $line total_ms=$ms seccomp=$(grep -c 'seccomp filters installed' /tmp/vsock.vmm)"
     else
-        say "vsock FAIL rc=$rc $line total_ms=$ms"
+        # vmm_rc 143: still running when killed; 159: killed by SIGSYS (its seccomp filter;
+        # the kernel's audit line below names the syscall).
+        say "vsock FAIL rc=$rc vmm_rc=$vmm_rc $line total_ms=$ms"
         dump /tmp/probe.out PROBE; dump /tmp/vsock.console L2; dump /tmp/vsock.vmm VMM
+        dmesg | grep 'audit.*syscall=' | tail -n 3 | sed 's/^/KERNEL| /'
     fi
+}
+
+# The vsock check again with hull-vmm confined: it drops to uid/gid 65534 inside a chroot
+# (/tmp/jail, holding only the sockets) once the VM is built. The readiness listener is
+# made connectable by that user, as a pod's would be.
+check_confined() {
+    rm -rf /tmp/jail; mkdir -m 755 /tmp/jail
+    start=$(now)
+    hull-vsock-probe /tmp/jail/v.sock "$L2_TIMEOUT" >/tmp/confined.out 2>&1 &
+    probe=$!
+    i=0
+    while ! grep -q 'listening' /tmp/confined.out 2>/dev/null && [ $i -lt 200 ]; do
+        sleep 0.01; i=$((i + 1))
+    done
+    chmod 777 /tmp/jail/v.sock_1025
+    RUST_LOG=info hull-vmm --kernel /l2/vmlinux --initrd /l2/initramfs.cpio \
+        --cmdline "$L2_CMDLINE" --vcpus 1 --memory-mib 256 --vsock-uds /tmp/jail/v.sock \
+        --uid 65534 --gid 65534 --chroot /tmp/jail \
+        --console /tmp/confined.console 2>/tmp/confined.vmm &
+    pid=$!
+    wait "$probe"
+    rc=$?
+    ms=$(ms_since "$start")
+    ids=$(grep '^[UG]id:' "/proc/$pid/status" 2>/dev/null | awk '{print $2}' | tr '\n' /)
+    root=$(readlink "/proc/$pid/root" 2>/dev/null)
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    vmm_rc=$?
+    line=$(grep -m1 'HULL-VSOCK-PROBE: \(ok\|FAIL\)' /tmp/confined.out | sed 's/^HULL-VSOCK-PROBE: //')
+    seccomp=$(grep -c 'seccomp filters installed' /tmp/confined.vmm)
+    if [ "$rc" = 0 ]; then
+        say "confined $line ids=$ids root=$root seccomp=$seccomp total_ms=$ms"
+    else
+        say "confined FAIL rc=$rc vmm_rc=$vmm_rc $line ids=$ids root=$root total_ms=$ms"
+        dump /tmp/confined.out PROBE; dump /tmp/confined.console L2; dump /tmp/confined.vmm VMM
+    fi
+}
+
+# Boots the guest kernel with the L2 test initramfs and two disks: a 4 MiB read-only image
+# (the start of the guest vmlinux) whose checksum the guest must read back, and a
+# writable one the guest writes a line into. A guest write to the read-only disk must fail.
+# A third, 64 MiB disk gives a (nested) sequential read time.
+check_blk() {
+    head -c 4194304 /l2/vmlinux >/tmp/ro.img
+    dd if=/dev/zero of=/tmp/rw.img bs=1024 count=64 2>/dev/null
+    dd if=/dev/zero of=/tmp/big.img bs=1048576 count=64 2>/dev/null
+    want=$(sha256sum /tmp/ro.img | cut -d' ' -f1)
+    start=$(now)
+    # Only vstate's info lines: they say the seccomp filters are on (the default).
+    RUST_LOG=warn,hull_vmm::vstate=info \
+    timeout -s KILL "$L2_TIMEOUT" hull-vmm --kernel /l2/vmlinux --initrd /l2/test.cpio \
+        --cmdline "$L2_CMDLINE hull.l2=blk" --vcpus 1 --memory-mib 128 \
+        --block /tmp/ro.img,ro --block /tmp/rw.img --block /tmp/big.img,ro \
+        --console /tmp/blk.console 2>/tmp/blk.vmm
+    rc=$?
+    ms=$(ms_since "$start")
+    got=$(sed -n 's/.*L2-BLK: vda=\([0-9a-f]*\).*/\1/p' /tmp/blk.console)
+    line=$(grep -m1 'L2-BLK: vda=' /tmp/blk.console | tr -d '\r' | sed 's/^L2-BLK: //')
+    wrote=$(head -c 18 /tmp/rw.img)
+    read=$(grep -m1 'L2-BLK: vdc-read' /tmp/blk.console | tr -d '\r' | sed 's/^L2-BLK: //')
+    rm -f /tmp/big.img
+    if [ "$rc" = 0 ] && [ -n "$got" ] && [ "$got" = "$want" ] \
+        && grep -q 'vda-write=refused' /tmp/blk.console && [ "$wrote" = hull-l2-wrote-this ]; then
+        say "blk ok ms=$ms sha256_match=yes $line rw=\"$wrote\" ro_write=refused $read seccomp=$(grep -c 'seccomp filters installed' /tmp/blk.vmm)"
+    else
+        # code 159: killed by SIGSYS (a syscall off a seccomp list; the audit line names it).
+        say "blk FAIL code=$rc ms=$ms want=$want $line rw=\"$wrote\""
+        dump /tmp/blk.console L2; dump /tmp/blk.vmm VMM; audit
+    fi
+}
+
+# The guest kernel with a virtio-net device on a tap hull-vmm creates: L1 puts 10.0.2.1 on
+# the tap, the guest (10.0.2.2) pings L1, then L1 pings the guest.
+check_net() {
+    start=$(now)
+    RUST_LOG=info hull-vmm --kernel /l2/vmlinux --initrd /l2/test.cpio \
+        --cmdline "$L2_CMDLINE hull.l2=net hull.linger=15" --vcpus 1 --memory-mib 128 \
+        --tap hulltap0 --mac 06:00:ac:10:00:02 \
+        --console /tmp/net.console 2>/tmp/net.vmm &
+    pid=$!
+    i=0
+    while [ ! -e /sys/class/net/hulltap0 ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+    ip addr add 10.0.2.1/24 dev hulltap0 && ip link set hulltap0 up
+    deadline=$(( $(now) + L2_TIMEOUT * 100 ))
+    while [ "$(now)" -lt "$deadline" ] && ! grep -q 'L2-NET: ping=' /tmp/net.console 2>/dev/null; do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    l2=$(grep -m1 'L2-NET: ping=' /tmp/net.console | tr -d '\r' | sed 's/^L2-NET: //')
+    if ping -c 3 -w 10 10.0.2.2 >/tmp/net.ping 2>&1; then l1=ok; else l1=FAIL; fi
+    l1n=$(grep -o '[0-9]* packets received' /tmp/net.ping)
+    mac=$(grep -m1 'L2-NET: mac=' /tmp/net.console | tr -d '\r' | sed 's/^L2-NET: //')
+    ms=$(ms_since "$start")
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    case "$l2" in
+        ping=ok*) ;;
+        *) l1="$l1 l2_failed" ;;
+    esac
+    if [ "$l1" = ok ]; then
+        say "net ok ms=$ms l2_to_l1=\"$l2\" l1_to_l2=\"$l1n\" $mac seccomp=$(grep -c 'seccomp filters installed' /tmp/net.vmm)"
+    else
+        say "net FAIL ms=$ms l2_to_l1=\"$l2\" l1_to_l2=\"$l1 $l1n\" $mac"
+        cat /tmp/net.ping; dump /tmp/net.console L2; dump /tmp/net.vmm VMM; audit
+    fi
+}
+
+# A hostile guest (garbage-guest.S: no Linux, raw writes to every virtio-mmio register and
+# descriptor-shaped noise in the rings) against vsock, blk and net: hull-vmm must survive
+# it (with broadcast pings arriving on the tap meanwhile), log the guest's errors, and end
+# with status 0 when the guest resets.
+check_garbage() {
+    rm -f /tmp/g.sock /tmp/g.sock_*
+    dd if=/dev/zero of=/tmp/g.img bs=1024 count=64 2>/dev/null
+    start=$(now)
+    RUST_LOG=warn,hull_vmm::vstate=info \
+    timeout -s KILL "$L2_TIMEOUT" hull-vmm --kernel /l2/garbage-guest --cmdline garbage \
+        --vcpus 1 --memory-mib 64 --vsock-uds /tmp/g.sock --block /tmp/g.img --tap hullg0 \
+        --console /tmp/garbage.console 2>/tmp/garbage.vmm &
+    pid=$!
+    # RX traffic for the garbage rings: broadcast pings (small, and 3000 bytes = 3 frames).
+    i=0
+    while [ ! -e /sys/class/net/hullg0 ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+    ip addr add 10.0.3.1/24 dev hullg0 && ip link set hullg0 up
+    ping -q -i 0.02 -w "$L2_TIMEOUT" 10.0.3.255 >/dev/null 2>&1 &
+    p1=$!
+    ping -q -i 0.05 -s 3000 -w "$L2_TIMEOUT" 10.0.3.255 >/dev/null 2>&1 &
+    p2=$!
+    wait "$pid"
+    rc=$?
+    ms=$(ms_since "$start")
+    kill "$p1" "$p2" 2>/dev/null; wait "$p1" "$p2" 2>/dev/null
+    why=$(grep -m1 'hull-vmm: guest' /tmp/garbage.vmm)
+    errs=$(grep -c 'guest error' /tmp/garbage.vmm)
+    lines=$(wc -l </tmp/garbage.vmm)
+    # Used index of each queue (vsock rx/tx/ev, blk, -, -, net rx/tx, -), as the guest saw them.
+    used=$(grep -m1 GARBAGE-USED /tmp/garbage.console | tr -d '\r' | sed 's/GARBAGE-USED //;s/ /,/g')
+    if [ "$rc" = 0 ] && grep -q GARBAGE-END /tmp/garbage.console && [ "$errs" -gt 0 ] \
+        && ! grep -qi 'panick' /tmp/garbage.vmm; then
+        say "garbage ok code=$rc ms=$ms guest_error_lines=$errs log_lines=$lines used=$used seccomp=$(grep -c 'seccomp filters installed' /tmp/garbage.vmm) why=\"$why\""
+    else
+        # code 159: killed by SIGSYS (a syscall off a seccomp list; the audit line names it).
+        say "garbage FAIL code=$rc ms=$ms guest_error_lines=$errs log_lines=$lines"
+        dump /tmp/garbage.console L2; dump /tmp/garbage.vmm VMM; audit
+    fi
+    sed 's/[0-9][0-9]*/N/g' /tmp/garbage.vmm | sort | uniq -c | sort -rn | head -n 12 | sed 's/^/VMM-LOG| /'
 }
 
 checks=$(sed -n 's/.*hull\.checks=\([^ ]*\).*/\1/p' /proc/cmdline)
@@ -106,6 +256,10 @@ for c in $(echo "$checks" | tr , ' '); do
         agent) check_agent ;;
         reset) check_reset ;;
         vsock) check_vsock ;;
+        blk) check_blk ;;
+        net) check_net ;;
+        garbage) check_garbage ;;
+        confined) check_confined ;;
         *) say "$c FAIL unknown check" ;;
     esac
 done

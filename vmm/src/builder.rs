@@ -18,10 +18,13 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{self, BootInfo, LegacyDevices};
+use crate::config::TapSource;
 use crate::config::{ConsoleOutput, VmResources};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleWriter, SerialDevice};
+use crate::devices::virtio::block::{device::BlockError, Block};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_SIZE, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::net::{tap::TapError, Net, Tap};
 use crate::devices::virtio::vsock::{muxer::Muxer, Vsock, GUEST_CID};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Bus, BusDevice};
@@ -92,6 +95,12 @@ pub enum BuildError {
         /// What failed.
         message: String,
     },
+    /// A virtio-blk image could not be opened.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// The virtio-net tap could not be opened or adopted.
+    #[error(transparent)]
+    Tap(#[from] TapError),
     /// KVM_CREATE_VCPU failed.
     #[error("creating vCPU {index}: {source}")]
     CreateVcpu {
@@ -165,6 +174,16 @@ fn add_virtio_device(
 
 /// Builds a VM from `res`. `started` is when hull-vmm started (for timing logs).
 pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
+    // An inherited tap fd is adopted before this process opens anything else, so its
+    // number cannot have been reused by one of our own files.
+    let tap = match res.net.as_ref().map(|n| &n.tap) {
+        None => None,
+        Some(TapSource::Name(name)) => Some(Tap::open(name)?),
+        // SAFETY: by TapSource::Fd's contract the fd is this process's alone to hand over
+        // (in hull-vmm: inherited, checked open and above stdio by config, and adopted here
+        // before hull-vmm opens any file, so its number cannot be one of ours).
+        Some(TapSource::Fd(fd)) => Some(unsafe { Tap::from_raw_fd(*fd) }?),
+    };
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
     let vm_fd = kvm.create_vm().map_err(BuildError::CreateVm)?;
     arch::setup_vm(&vm_fd)?;
@@ -193,6 +212,29 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
             &mut cmdline,
             virtio.len() as u32,
             "vsock",
+            Box::new(dev),
+        )?);
+    }
+    for (i, disk) in res.block.iter().enumerate() {
+        let dev = Block::open(&disk.path, disk.read_only, &format!("hull-blk{i}"))?;
+        virtio.push(add_virtio_device(
+            &vm_fd,
+            mem,
+            &mut cmdline,
+            virtio.len() as u32,
+            "block",
+            Box::new(dev),
+        )?);
+    }
+    if let (Some(tap), Some(net)) = (tap, &res.net) {
+        log::debug!("virtio-net on tap {}", tap.name());
+        let dev = Net::new(tap.into_file(), net.mac).map_err(BuildError::EventFd)?;
+        virtio.push(add_virtio_device(
+            &vm_fd,
+            mem,
+            &mut cmdline,
+            virtio.len() as u32,
+            "net",
             Box::new(dev),
         )?);
     }

@@ -49,6 +49,104 @@ pub struct Cli {
     /// device without it.
     #[arg(long = "vsock-uds")]
     pub vsock_uds: Option<PathBuf>,
+    /// A virtio-blk disk on a raw image file; `PATH,ro` makes it read-only. Repeatable:
+    /// the guest sees them as /dev/vda, /dev/vdb, ... in order.
+    #[arg(long = "block", value_name = "PATH[,ro]")]
+    pub block: Vec<String>,
+    /// A virtio-net device on the tap interface NAME (created if it does not exist; needs
+    /// CAP_NET_ADMIN).
+    #[arg(long, value_name = "NAME", conflicts_with = "tap_fd")]
+    pub tap: Option<String>,
+    /// A virtio-net device on an inherited, already open tap file descriptor (opened with
+    /// IFF_TAP|IFF_NO_PI|IFF_VNET_HDR).
+    #[arg(long = "tap-fd", value_name = "FD")]
+    pub tap_fd: Option<i32>,
+    /// The virtio-net device's MAC address (aa:bb:cc:dd:ee:ff); a fixed locally
+    /// administered one if not given.
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+    /// Do not install the seccomp filters. For debugging only: by default every thread
+    /// runs under its own syscall allowlist, and a syscall outside it kills hull-vmm
+    /// (SIGSYS).
+    #[arg(long = "no-seccomp")]
+    pub no_seccomp: bool,
+    /// Debugging: a syscall outside a thread's allowlist is reported on stderr (thread kind
+    /// and syscall number), then hull-vmm exits with status 159, instead of the kernel
+    /// killing it by SIGSYS without a word.
+    #[arg(long = "seccomp-trap", conflicts_with = "no_seccomp")]
+    pub seccomp_trap: bool,
+    /// Run as this user id once the VM is built. hull-vmm (started as root) first opens
+    /// everything named here (/dev/kvm, kernel, initrd, console, vsock socket, disks, tap),
+    /// then drops its supplementary groups, group and user, checks it cannot regain root,
+    /// and only then runs guest code. The vsock device's `<uds>_<port>` listeners must accept this user.
+    /// Needs --gid.
+    #[arg(long, requires = "gid")]
+    pub uid: Option<u32>,
+    /// Run as this group id once the VM is built (see --uid). Needs --uid.
+    #[arg(long, requires = "uid")]
+    pub gid: Option<u32>,
+    /// Change the root directory to DIR once the VM is built, before changing user (so
+    /// needs --uid). Inputs are opened before; --vsock-uds must lie inside DIR, and the
+    /// device's `<uds>_<port>` connections then resolve inside it.
+    #[arg(long, value_name = "DIR", requires = "uid")]
+    pub chroot: Option<PathBuf>,
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// The raw image.
+    pub path: PathBuf,
+    /// Whether the guest gets it read-only.
+    pub read_only: bool,
+}
+
+/// Where the virtio-net device's tap comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// Open (or create) the tap interface of this name.
+    Name(String),
+    /// Adopt this inherited file descriptor. Building the VM takes ownership of it:
+    /// nothing else in the process may use or close it.
+    Fd(i32),
+}
+
+/// The virtio-net device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Its tap.
+    pub tap: TapSource,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+}
+
+/// How hull-vmm confines itself once the VM is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// What each thread's seccomp filter does to a syscall outside its list; `None`
+    /// (`--no-seccomp`): no filters.
+    pub seccomp: Option<crate::seccomp::Mode>,
+    /// The user and group to become, if any.
+    pub run_as: Option<crate::privileges::Identity>,
+    /// The directory to make the root, if any.
+    pub chroot: Option<PathBuf>,
+}
+
+impl From<&Cli> for Sandbox {
+    fn from(cli: &Cli) -> Self {
+        Sandbox {
+            seccomp: match (cli.no_seccomp, cli.seccomp_trap) {
+                (true, _) => None,
+                (false, true) => Some(crate::seccomp::Mode::Trap),
+                (false, false) => Some(crate::seccomp::Mode::Kill),
+            },
+            run_as: cli
+                .uid
+                .zip(cli.gid)
+                .map(|(uid, gid)| crate::privileges::Identity { uid, gid }),
+            chroot: cli.chroot.clone(),
+        }
+    }
 }
 
 /// Where the guest's serial console goes.
@@ -77,6 +175,10 @@ pub struct VmResources {
     pub console: ConsoleOutput,
     /// The vsock device's host unix socket, if the VM has one.
     pub vsock_uds: Option<PathBuf>,
+    /// virtio-blk disks, in guest order.
+    pub block: Vec<BlockConfig>,
+    /// The virtio-net device, if any.
+    pub net: Option<NetConfig>,
 }
 
 /// Errors of validating the command line.
@@ -102,6 +204,73 @@ pub enum ConfigError {
     /// The vsock socket path is empty or its directory does not exist.
     #[error("--vsock-uds {0}: its directory does not exist")]
     VsockPath(PathBuf),
+    /// A block image is missing or not a regular file.
+    #[error("--block {0}: not a regular file")]
+    BlockPath(PathBuf),
+    /// The MAC address does not parse, or is multicast.
+    #[error("--mac {0:?}: not a unicast MAC address like 06:00:ac:10:00:02")]
+    Mac(String),
+    /// The tap name cannot be an interface name.
+    #[error("--tap {0:?}: not an interface name (1..=15 bytes, no '/', NUL or space)")]
+    TapName(String),
+    /// The tap fd is one of stdin/stdout/stderr, negative, or not open.
+    #[error("--tap-fd {0}: not an open, inherited file descriptor above 2")]
+    TapFd(i32),
+    /// --mac without a network device.
+    #[error("--mac needs --tap or --tap-fd")]
+    MacWithoutTap,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` into a unicast MAC.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
+    let err = || ConfigError::Mac(s.into());
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next().filter(|p| p.len() == 2).ok_or_else(err)?;
+        *b = u8::from_str_radix(p, 16).map_err(|_| err())?;
+    }
+    if parts.next().is_some() || mac[0] & 1 != 0 {
+        return Err(err());
+    }
+    Ok(mac)
+}
+
+fn parse_block(spec: &str) -> Result<BlockConfig, ConfigError> {
+    let (path, read_only) = match spec.strip_suffix(",ro") {
+        Some(p) => (PathBuf::from(p), true),
+        None => (PathBuf::from(spec), false),
+    };
+    if !path.is_file() {
+        return Err(ConfigError::BlockPath(path));
+    }
+    Ok(BlockConfig { path, read_only })
+}
+
+fn parse_net(cli: &Cli) -> Result<Option<NetConfig>, ConfigError> {
+    let tap = match (&cli.tap, cli.tap_fd) {
+        (Some(name), _) => {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', '\0', ' ']) {
+                return Err(ConfigError::TapName(name.clone()));
+            }
+            TapSource::Name(name.clone())
+        }
+        (None, Some(fd)) => {
+            // SAFETY: F_GETFD only reads the descriptor's flags; any integer is a valid
+            // argument (an unopened one fails with EBADF).
+            if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(ConfigError::TapFd(fd));
+            }
+            TapSource::Fd(fd)
+        }
+        (None, None) if cli.mac.is_some() => return Err(ConfigError::MacWithoutTap),
+        (None, None) => return Ok(None),
+    };
+    let mac = match &cli.mac {
+        Some(m) => parse_mac(m)?,
+        None => crate::devices::virtio::net::DEFAULT_MAC,
+    };
+    Ok(Some(NetConfig { tap, mac }))
 }
 
 fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
@@ -152,7 +321,15 @@ impl TryFrom<Cli> for VmResources {
                 return Err(ConfigError::VsockPath(p.clone()));
             }
         }
+        let block = cli
+            .block
+            .iter()
+            .map(|b| parse_block(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let net = parse_net(&cli)?;
         Ok(VmResources {
+            block,
+            net,
             kernel: cli.kernel,
             initrd: cli.initrd,
             cmdline: cli.cmdline,
@@ -240,6 +417,57 @@ mod tests {
     }
 
     #[test]
+    fn seccomp_is_on_unless_turned_off_and_uid_needs_gid() {
+        let (_d, k, _i) = files();
+        let k = k.to_str().unwrap();
+        let s = Sandbox::from(&parse(&["--kernel", k]).unwrap());
+        assert_eq!(
+            s,
+            Sandbox {
+                seccomp: Some(crate::seccomp::Mode::Kill),
+                run_as: None,
+                chroot: None
+            }
+        );
+        let s = Sandbox::from(
+            &parse(&[
+                "--kernel",
+                k,
+                "--no-seccomp",
+                "--uid",
+                "65534",
+                "--gid",
+                "65533",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(
+            s,
+            Sandbox {
+                seccomp: None,
+                run_as: Some(crate::privileges::Identity {
+                    uid: 65534,
+                    gid: 65533
+                }),
+                chroot: None
+            }
+        );
+        let s = Sandbox::from(&parse(&["--kernel", k, "--seccomp-trap"]).unwrap());
+        assert_eq!(s.seccomp, Some(crate::seccomp::Mode::Trap));
+        assert!(parse(&["--kernel", k, "--seccomp-trap", "--no-seccomp"]).is_err());
+        assert!(parse(&["--kernel", k, "--uid", "1"]).is_err());
+        assert!(parse(&["--kernel", k, "--chroot", "/srv"]).is_err());
+        let s = Sandbox::from(
+            &parse(&[
+                "--kernel", k, "--chroot", "/srv", "--uid", "1", "--gid", "1",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(s.chroot, Some(PathBuf::from("/srv")));
+        assert!(parse(&["--kernel", k, "--gid", "1"]).is_err());
+    }
+
+    #[test]
     fn kernel_is_required_by_the_parser() {
         assert!(parse(&["--vcpus", "1"]).is_err());
     }
@@ -303,5 +531,107 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ConfigError::Cmdline(_)), "{err}");
+    }
+
+    #[test]
+    fn block_and_net_flags_become_resources() {
+        let (d, k, i) = files();
+        let img = d.path().join("disk.img");
+        std::fs::write(&img, [0u8; 512]).unwrap();
+        let ro = format!("{},ro", i.display());
+        let r = VmResources::try_from(
+            parse(&[
+                "--kernel",
+                k.to_str().unwrap(),
+                "--block",
+                img.to_str().unwrap(),
+                "--block",
+                &ro,
+                "--tap",
+                "tap0",
+                "--mac",
+                "02:00:00:aB:cd:ef",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            r.block,
+            vec![
+                BlockConfig {
+                    path: img,
+                    read_only: false
+                },
+                BlockConfig {
+                    path: i,
+                    read_only: true
+                }
+            ]
+        );
+        assert_eq!(
+            r.net,
+            Some(NetConfig {
+                tap: TapSource::Name("tap0".into()),
+                mac: [2, 0, 0, 0xab, 0xcd, 0xef]
+            })
+        );
+        let r = VmResources::try_from(parse(&["--kernel", k.to_str().unwrap()]).unwrap()).unwrap();
+        assert_eq!((r.block, r.net), (vec![], None));
+    }
+
+    #[test]
+    fn tap_fd_must_be_open_and_above_stdio() {
+        let (_d, k, _i) = files();
+        let k = k.to_str().unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let fd = std::os::unix::io::AsRawFd::as_raw_fd(&f);
+        let r =
+            VmResources::try_from(parse(&["--kernel", k, "--tap-fd", &fd.to_string()]).unwrap())
+                .unwrap();
+        assert_eq!(
+            r.net,
+            Some(NetConfig {
+                tap: TapSource::Fd(fd),
+                mac: crate::devices::virtio::net::DEFAULT_MAC
+            })
+        );
+        for bad in [1, 4000, -3] {
+            let err =
+                VmResources::try_from(parse(&["--kernel", k, &format!("--tap-fd={bad}")]).unwrap())
+                    .unwrap_err();
+            assert_eq!(err, ConfigError::TapFd(bad));
+        }
+        assert!(parse(&["--kernel", k, "--tap", "t", "--tap-fd", "5"]).is_err());
+    }
+
+    #[test]
+    fn bad_block_tap_and_mac_values_are_rejected() {
+        let (_d, k, _i) = files();
+        let k = k.to_str().unwrap();
+        let check = |args: &[&str], want: ConfigError| {
+            let mut a = vec!["--kernel", k];
+            a.extend(args);
+            assert_eq!(VmResources::try_from(parse(&a).unwrap()).unwrap_err(), want);
+        };
+        check(
+            &["--block", "/nonexistent/d.img,ro"],
+            ConfigError::BlockPath("/nonexistent/d.img".into()),
+        );
+        check(&["--block", "/"], ConfigError::BlockPath("/".into()));
+        check(
+            &["--tap", "a-name-longer-than-15"],
+            ConfigError::TapName("a-name-longer-than-15".into()),
+        );
+        check(&["--tap", "a/b"], ConfigError::TapName("a/b".into()));
+        check(&["--mac", "02:00:00:00:00:01"], ConfigError::MacWithoutTap);
+        for bad in [
+            "01:00:00:00:00:01", // multicast
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:03",
+            "02:00:00:00:00:zz",
+            "2:00:00:00:00:01",
+        ] {
+            check(&["--tap", "t0", "--mac", bad], ConfigError::Mac(bad.into()));
+        }
     }
 }

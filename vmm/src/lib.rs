@@ -10,14 +10,20 @@
 //! implemented (PVH direct boot of `vmlinux`); aarch64 compiles and returns a typed
 //! "not implemented" error until its GIC/FDT/PSCI code is written.
 //!
-//! virtio devices sit on the virtio-mmio transport ([`devices::virtio`]); vsock is there.
+//! virtio devices sit on the virtio-mmio transport ([`devices::virtio`]): vsock, block (raw
+//! image files) and net (a tap).
 //!
-//! Not here yet: virtio-fs, net, blk, the control socket, seccomp filters,
-//! bzImage boot. Each is tracked in issue 3.
+//! Least privilege: every thread runs under its own seccomp allowlist ([`seccomp`]), and
+//! hull-vmm started as root can become an unprivileged user once the VM is built
+//! ([`privileges`], `--uid`/`--gid`).
+//!
+//! Not here yet: virtio-fs, the control socket, bzImage boot. Each is tracked in issue 3.
 
 pub mod arch;
 pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod memory;
+pub mod privileges;
+pub mod seccomp;
 pub mod vstate;

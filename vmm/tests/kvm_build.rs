@@ -78,6 +78,8 @@ fn resources(dir: &Path, pvh: bool) -> VmResources {
         memory_bytes: 64 << 20,
         console: ConsoleOutput::File(dir.join("console.log")),
         vsock_uds: None,
+        block: vec![],
+        net: None,
     }
 }
 
@@ -177,4 +179,74 @@ fn a_vsock_device_is_wired_to_kvm_and_declared_on_the_command_line() {
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
     // The host socket is bound and accepts clients before the guest runs.
     std::os::unix::net::UnixStream::connect(&uds).expect("the vsock socket listens");
+}
+
+#[test]
+fn block_devices_follow_vsock_on_the_command_line_and_a_missing_image_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut res = resources(dir.path(), true);
+    res.vsock_uds = Some(dir.path().join("vsock.sock"));
+    let img = dir.path().join("disk.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    res.block = vec![
+        hull_vmm::config::BlockConfig {
+            path: img.clone(),
+            read_only: false,
+        },
+        hull_vmm::config::BlockConfig {
+            path: img,
+            read_only: true,
+        },
+    ];
+    let vm = builder::build(&res, Instant::now())
+        .unwrap_or_else(|e| panic!("building a VM with disks on /dev/kvm: {e}"));
+    let want = b"console=ttyS0 reboot=t virtio_mmio.device=4K@0xd0000000:5 \
+        virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7\0";
+    let mut got = vec![0u8; want.len()];
+    vm.memory()
+        .read_slice(&mut got, GuestAddress(0x2_0000))
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    drop(vm);
+    res.vsock_uds = None;
+    res.block[1].path = dir.path().join("gone.img");
+    let err = builder::build(&res, Instant::now()).unwrap_err();
+    assert!(matches!(err, BuildError::Block(_)), "{err:?}");
+    assert!(err.to_string().contains("gone.img"), "{err}");
+}
+
+#[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run with --ignored as root"]
+fn an_inherited_tap_fd_is_adopted_and_the_nic_comes_after_the_disks() {
+    use hull_vmm::config::{BlockConfig, NetConfig, TapSource};
+    use hull_vmm::devices::virtio::net::Tap;
+    use std::os::unix::io::IntoRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let mut res = resources(dir.path(), true);
+    let img = dir.path().join("disk.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    res.block = vec![BlockConfig {
+        path: img,
+        read_only: true,
+    }];
+    let tap = Tap::open("hullkvm%d").expect("TUNSETIFF (root and /dev/net/tun?)");
+    let name = tap.name().to_string();
+    let fd = tap.into_file().into_raw_fd();
+    res.net = Some(NetConfig {
+        tap: TapSource::Fd(fd),
+        mac: [6, 0, 0, 0, 0, 1],
+    });
+    let vm = builder::build(&res, Instant::now())
+        .unwrap_or_else(|e| panic!("building a VM with a tap fd on /dev/kvm: {e}"));
+    let want = b"console=ttyS0 reboot=t virtio_mmio.device=4K@0xd0000000:5 \
+        virtio_mmio.device=4K@0xd0001000:6\0";
+    let mut got = vec![0u8; want.len()];
+    vm.memory()
+        .read_slice(&mut got, GuestAddress(0x2_0000))
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    assert!(
+        Path::new("/sys/class/net").join(&name).exists(),
+        "{name} exists while hull-vmm holds it"
+    );
 }

@@ -5,13 +5,16 @@
 //!
 //! Every register access is checked: registers are 32 bits wide (other widths read as 0 and
 //! are ignored), queue selectors out of range select nothing, queue setup after activation
-//! is ignored, and features the device did not offer make FEATURES_OK fail.
+//! is ignored, and features the device did not offer make FEATURES_OK fail. Guest mistakes
+//! are logged once at warn, then at debug ([`GuestErrors`]), so a guest cannot flood the
+//! log.
 
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use super::guest_errors::GuestErrors;
 use super::{Interrupt, VirtioDevice};
 use crate::devices::BusDevice;
 
@@ -70,6 +73,7 @@ pub struct MmioTransport {
     acked_features: u64,
     status: u32,
     active: bool,
+    errors: GuestErrors,
 }
 
 impl MmioTransport {
@@ -97,6 +101,7 @@ impl MmioTransport {
             acked_features: 0,
             status: 0,
             active: false,
+            errors: GuestErrors::new("virtio-mmio"),
         }
     }
 
@@ -161,9 +166,12 @@ impl MmioTransport {
             REG_QUEUE_SEL => self.queue_sel = v,
             REG_QUEUE_NUM => {
                 if let Some(q) = self.selected_queue() {
-                    // Queue::set_size ignores sizes that are not a power of two or too big;
-                    // the queue then fails validation at activation.
-                    q.set_size(v.try_into().unwrap_or(0));
+                    // A size that is not a power of two or too big is ignored (through
+                    // try_set_size: set_size would log an error per write); the queue then
+                    // fails validation at activation.
+                    if q.try_set_size(v.try_into().unwrap_or(0)).is_err() {
+                        self.errors.record(format_args!("invalid queue size {v}"));
+                    }
                 }
             }
             REG_QUEUE_READY => {
@@ -201,7 +209,8 @@ impl MmioTransport {
         if v == 0 {
             if self.active {
                 // The device's thread owns the queues now; a reset cannot take them back.
-                log::warn!("virtio-mmio: the driver reset an active device; ignored");
+                self.errors
+                    .record(format_args!("the driver reset an active device; ignored"));
                 return;
             }
             self.status = 0;
@@ -214,10 +223,10 @@ impl MmioTransport {
         let new = v & !self.status;
         let mut status = v;
         if new & STATUS_FEATURES_OK != 0 && self.acked_features & !self.device.features() != 0 {
-            log::warn!(
-                "virtio-mmio: driver accepted features {:#x} the device did not offer",
-                self.acked_features & !self.device.features()
-            );
+            let extra = self.acked_features & !self.device.features();
+            self.errors.record(format_args!(
+                "driver accepted features {extra:#x} the device did not offer"
+            ));
             status &= !STATUS_FEATURES_OK;
         }
         if new & STATUS_DRIVER_OK != 0 && !self.active {
@@ -233,7 +242,9 @@ impl MmioTransport {
 
     fn activate(&mut self, status: &mut u32) {
         if let Some(i) = self.queues.iter().position(|q| !q.is_valid(&self.mem)) {
-            log::warn!("virtio-mmio: queue {i} is not valid; the device stays inactive");
+            self.errors.record(format_args!(
+                "queue {i} is not valid; the device stays inactive"
+            ));
             *status |= STATUS_FAILED;
             return;
         }

@@ -10,7 +10,10 @@
 //! Not here: packed queues, device reset after activation (the driver's reset is logged and
 //! the device keeps running), PCI.
 
+pub mod block;
+pub mod guest_errors;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};

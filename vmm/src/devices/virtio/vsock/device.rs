@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::Muxer;
 use super::packet;
+use crate::devices::virtio::guest_errors::{pop_chain, GuestErrors};
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// The virtio device id of vsock.
@@ -95,9 +96,8 @@ impl VirtioDevice for Vsock {
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(ActivateError::Spawn)?;
         let mut worker = Worker::new(mem, queues, interrupt, muxer, events)?;
-        std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || worker.run())
+        // Through the spawner, so that the thread runs under the device filter only.
+        crate::seccomp::spawn_device_thread("vsock", move || worker.run())
             .map_err(ActivateError::Spawn)?;
         Ok(())
     }
@@ -111,6 +111,7 @@ pub struct Worker {
     interrupt: Arc<Interrupt>,
     muxer: Muxer,
     events: Vec<EventFd>,
+    errors: GuestErrors,
 }
 
 impl Worker {
@@ -142,6 +143,7 @@ impl Worker {
             interrupt,
             muxer,
             events,
+            errors: GuestErrors::new("vsock"),
         })
     }
 
@@ -198,7 +200,7 @@ impl Worker {
     fn process_tx(&mut self) -> bool {
         let mut used = false;
         while !self.muxer.control_full() {
-            let Some(chain) = self.queues[TXQ].pop_descriptor_chain(&self.mem) else {
+            let Some(chain) = pop_chain(&mut self.queues[TXQ], &self.mem, &mut self.errors) else {
                 break;
             };
             let head = chain.head_index();
@@ -207,7 +209,8 @@ impl Worker {
                 Err(e) => log::debug!("vsock: dropped a TX packet: {e}"),
             }
             if let Err(e) = self.queues[TXQ].add_used(&self.mem, head, 0) {
-                log::warn!("vsock: returning a TX buffer: {e}");
+                self.errors
+                    .record(format_args!("returning a TX buffer: {e}"));
             }
             used = true;
         }
@@ -217,7 +220,7 @@ impl Worker {
     fn process_rx(&mut self) -> bool {
         let mut used = false;
         while self.muxer.has_rx() {
-            let Some(chain) = self.queues[RXQ].pop_descriptor_chain(&self.mem) else {
+            let Some(chain) = pop_chain(&mut self.queues[RXQ], &self.mem, &mut self.errors) else {
                 break;
             };
             let head = chain.head_index();
@@ -242,7 +245,8 @@ impl Worker {
                 },
             };
             if let Err(e) = self.queues[RXQ].add_used(&self.mem, head, len) {
-                log::warn!("vsock: returning an RX buffer: {e}");
+                self.errors
+                    .record(format_args!("returning an RX buffer: {e}"));
             }
             used = true;
         }
