@@ -94,6 +94,7 @@ impl Target for VmTarget {
 async fn the_corpus_in_a_vm_behaves_like_runc() {
     let root = tempfile::tempdir().unwrap();
     let hv = hull_tests::qemu_backend().await;
+    let hv_is_tcg = hv.accel == hull_shim::backend::qemu::Accel::Tcg;
     let mut cfg = hull_tests::vm_config(root.path());
     cfg.share = true;
     cfg.memory_mib = 512;
@@ -139,6 +140,38 @@ async fn the_corpus_in_a_vm_behaves_like_runc() {
         println!("  {name}: {why}");
     }
     assert_eq!(runc.leftovers(), "", "runc still lists containers");
+
+    // stdout throughput from the guest (a figure for the report, not asserted: it depends on
+    // the machine and, here, on TCG); the bytes are checked.
+    let mib = 64;
+    let spec = corpus::case_spec(&corpus::Case {
+        name: "stdout-throughput",
+        args: [
+            "sh",
+            "-c",
+            &format!("dd if=/dev/zero bs=1M count={mib} 2>/dev/null"),
+        ]
+        .map(String::from)
+        .to_vec(),
+        patch: serde_json::json!({}),
+        io: conformance::Io::default(),
+        exit: 0,
+        expect: &[],
+        oom: false,
+    });
+    let t = Instant::now();
+    let o =
+        conformance::run_hull(target.as_ref(), "vm-throughput", &spec, &Default::default()).await;
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(o.exit, 0, "{:?}", o.error);
+    assert_eq!(o.stdout.len(), mib << 20, "every byte of stdout arrives");
+    assert!(o.stdout.iter().all(|b| *b == 0), "stdout arrives intact");
+    println!(
+        "\nstdout from a container in the VM: {mib} MiB in {secs:.2} s = {:.0} MiB/s \
+         (guest on {}; includes create and start)",
+        mib as f64 / secs,
+        if hv_is_tcg { "TCG" } else { "KVM" }
+    );
     drop(target);
     let outcome = vm.shutdown(std::time::Duration::from_secs(10)).await;
     assert!(
