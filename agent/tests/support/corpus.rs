@@ -257,6 +257,36 @@ pub fn corpus(host_dir: &std::path::Path) -> Vec<Case> {
         case("tty-exit-code", bare("echo bye; exit 7"), json!({"process": {"terminal": true}}))
             .tty()
             .exit(7),
+        // User namespace with uid/gid mappings.
+        case("userns-mapped", sh("cat /proc/self/uid_map /proc/self/gid_map; id; touch /dev/shm/t && stat -c '%u %g' /dev/shm/t"),
+            json!({"linux": {
+                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                               {"type": "uts"}, {"type": "mount"}, {"type": "user"}],
+                "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+                "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}}))
+            .expect(&["0     100000      65536", "uid=0(root)"]),
+        // Devices: an extra node, and the cgroup rule that lets it be used.
+        case("device-node", sh("stat -c '%n %F %t:%T %a' /dev/fuse; head -c 1 /dev/fuse 2>&1 | head -c 60; echo"),
+            json!({"linux": {
+                "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438, "uid": 0, "gid": 0}],
+                "resources": {"devices": [{"allow": false, "access": "rwm"},
+                    {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+                    {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rwm"}]}}}))
+            .expect(&["/dev/fuse character special file a:e5 666"]),
+        case("device-denied", sh("stat -c '%n %t:%T' /dev/kmsg; head -c 1 /dev/kmsg 2>&1 >/dev/null; echo rc=$?"),
+            json!({"linux": {
+                "devices": [{"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11, "fileMode": 420, "uid": 0, "gid": 0}],
+                "resources": {"devices": [{"allow": false, "access": "rwm"}]}}}))
+            .expect(&["/dev/kmsg 1:b", "Operation not permitted", "rc=1"]),
+        // Rootfs propagation is applied to the mount namespace before pivot_root; neither
+        // runtime leaves the container's own / in a peer group, so these check that the
+        // field is accepted and the result is runc's (no expectation of their own).
+        case("rootfs-propagation-shared",
+            sh("grep ' / / ' /proc/self/mountinfo | grep -o 'shared:\\|master:' | sort -u | tr '\\n' ' '; echo"),
+            json!({"linux": {"rootfsPropagation": "shared"}})),
+        case("rootfs-propagation-private",
+            sh("grep ' / / ' /proc/self/mountinfo | grep -o 'shared:\\|master:' | sort -u | tr '\\n' ' '; echo"),
+            json!({"linux": {"rootfsPropagation": "private"}})),
     ]
 }
 
