@@ -16,6 +16,7 @@ packages=(
     containerd               # the containerd tests and the demo run a private instance
     libcap-ng-dev            # to build virtiofsd (the pod share of the QEMU backend)
     libseccomp-dev pkg-config   # the agent's seccomp support (libcontainer), linked statically
+    zlib1g-dev               # libbpf (vendored by libbpf-sys, with libelf-dev above): cgroup v2 device rules in the guest
 )
 missing=()
 for p in "${packages[@]}"; do
