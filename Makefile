@@ -10,7 +10,7 @@ PREFIX ?= /usr/local
 IMAGE_ENV := target/guest-image.env
 NESTED_ENV := target/nested.env
 
-.PHONY: all setup guest-image build install demo bench test lint unit integration nested clean
+.PHONY: all setup guest-image build install demo bench test lint unit integration nested fuzz clean
 
 all: build
 
@@ -63,6 +63,11 @@ nested: guest-image
 	cargo test --locked -p hull-vmm --test nested -- --ignored --nocapture
 
 test: lint unit integration nested
+
+# libFuzzer targets for hull-vmm's guest-input parsers, FUZZ_SECONDS each (vmm/fuzz/README.md).
+FUZZ_SECONDS ?= 30
+fuzz: setup
+	./vmm/fuzz/run.sh $(FUZZ_SECONDS)
 
 clean:
 	cargo clean
