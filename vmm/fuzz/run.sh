@@ -24,6 +24,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export TMPDIR=$work
 
+# The harness's own checks first (seed layout = target layout, the init sequence activates).
+cargo test --locked --quiet >&2
 cargo run --locked --quiet --bin gen-seeds -- "$work/seeds"
 summary=()
 for src in fuzz_targets/*.rs; do

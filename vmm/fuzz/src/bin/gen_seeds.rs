@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use hull_vmm::devices::virtio::vsock::packet::op;
-use hull_vmm_fuzz::{vsock_header, Seed, REGION_SPLIT};
+use hull_vmm_fuzz::{mmio_driver_init, vsock_header, Seed, REGION_SPLIT};
 
 const RXQ: usize = 0;
 const TXQ: usize = 1;
@@ -71,6 +71,25 @@ fn queue_seeds() -> Vec<(&'static str, Vec<u8>)> {
     out
 }
 
+/// A driver's whole initialisation of both queues, with chains in them.
+fn mmio_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (name, event_idx) in [("init", false), ("init-event-idx", true)] {
+        let regs = mmio_driver_init(event_idx);
+        let mut s = Seed::new(4, false);
+        let h = s.buffer(44, &vsock_header(700, 1025, 4, op::RW, 4096));
+        let p = s.buffer(4, b"ping");
+        s.chain(0, &[(h, 44, false), (p, 4, false)]);
+        let b = s.buffer(64, &[]);
+        s.chain(1, &[(b, 64, true)]);
+        let mut input = vec![regs.len() as u8];
+        input.extend(regs.concat());
+        input.extend(s.build());
+        out.push((name, input));
+    }
+    out
+}
+
 fn main() -> std::io::Result<()> {
     let dir = std::env::args()
         .nth(1)
@@ -78,6 +97,7 @@ fn main() -> std::io::Result<()> {
     for (target, seeds) in [
         ("vsock_packet", packet_seeds()),
         ("vsock_queues", queue_seeds()),
+        ("virtio_mmio", mmio_seeds()),
     ] {
         let d = Path::new(&dir).join(target);
         std::fs::create_dir_all(&d)?;
