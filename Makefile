@@ -11,7 +11,7 @@ SYSCONFDIR ?= /etc
 IMAGE_ENV := target/guest-image.env
 NESTED_ENV := target/nested.env
 
-.PHONY: all setup guest-image build install demo bench test lint unit integration nested clean
+.PHONY: all setup guest-image build install demo bench test lint unit integration nested fuzz clean
 
 all: build
 
@@ -64,7 +64,16 @@ nested: guest-image
 	source $(NESTED_ENV) && export HULL_NESTED_KERNEL HULL_NESTED_INITRD && \
 	cargo test --locked -p hull-vmm --test nested -- --ignored --nocapture
 
+# make test ends with a brief run of every fuzz target (TEST_FUZZ_SECONDS each): a crash found
+# since the last change fails the suite; long runs are `make fuzz`.
+TEST_FUZZ_SECONDS ?= 15
 test: lint unit integration nested
+	./vmm/fuzz/run.sh $(TEST_FUZZ_SECONDS)
+
+# libFuzzer targets for hull-vmm's guest-input parsers, FUZZ_SECONDS each (vmm/fuzz/README.md).
+FUZZ_SECONDS ?= 30
+fuzz: setup
+	./vmm/fuzz/run.sh $(FUZZ_SECONDS)
 
 clean:
 	cargo clean

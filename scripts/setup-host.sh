@@ -47,5 +47,11 @@ if ! virtiofsd --version 2>/dev/null | grep -q " $virtiofsd_version"; then
     log "installing virtiofsd $virtiofsd_version from crates.io"
     cargo install --locked --quiet virtiofsd@"$virtiofsd_version" >&2
 fi
+# cargo-fuzz 0.13: builds and runs the libFuzzer targets of vmm/fuzz (make fuzz).
+cargo_fuzz_version=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -q " $cargo_fuzz_version"; then
+    log "installing cargo-fuzz $cargo_fuzz_version from crates.io"
+    cargo install --locked --quiet cargo-fuzz@"$cargo_fuzz_version" >&2
+fi
 command -v vhost-device-vsock >/dev/null || {
     log "vhost-device-vsock is not in PATH (add ~/.cargo/bin)"; exit 1; }

@@ -316,6 +316,7 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
             started,
         ));
     }
+    arch::finish_vcpus(&vm_fd, res.vcpus)?;
     log::debug!(
         "built: kernel entry {:#x}, initrd {:?}, {} vCPUs, {} MiB, in {:?}",
         kernel.entry.0,

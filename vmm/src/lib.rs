@@ -7,8 +7,8 @@
 //! fails, and reports why as an [`vstate::ExitReason`].
 //!
 //! Architecture-specific code lives in [`arch`] behind one small set of functions. x86_64 is
-//! implemented (PVH direct boot of `vmlinux`); aarch64 compiles and returns a typed
-//! "not implemented" error until its GIC/FDT/PSCI code is written.
+//! implemented (PVH direct boot of `vmlinux`); aarch64 has its FDT, GICv3, PSCI
+//! vCPUs and Image loader, but the builder's device/vCPU order does not fit arm64 yet.
 //!
 //! virtio devices sit on the virtio-mmio transport ([`devices::virtio`]): vsock, block (raw
 //! image files) and net (a tap).

@@ -1,93 +1,209 @@
-//! aarch64: compiles against the same interface as x86_64; nothing boots yet.
+//! aarch64: an arm64 `Image` booted with an FDT on an in-kernel GICv3, PSCI 0.2 vCPUs, the
+//! architected timer, the 8250 console and virtio-mmio devices on the MMIO bus.
 //!
-//! What it will take (issue 3): a GICv3 (`KVM_CREATE_DEVICE`), an FDT built with vm-fdt
-//! describing memory, CPUs, the GIC, the timer, PSCI and the UART, `KVM_ARM_VCPU_INIT` from
-//! `KVM_ARM_PREFERRED_TARGET`, and an Image loader. Until then every step returns
-//! [`Error::NotImplemented`] naming itself, so a caller learns exactly what is missing.
+//! - [`layout`]: the guest-physical map, MPIDRs, where the FDT and initramfs go;
+//! - [`fdt`]: the device tree, built with vm-fdt (pure; tested on every host);
+//! - `gic`: the GICv3 through KVM_CREATE_DEVICE;
+//! - `regs`: KVM_ARM_VCPU_INIT from the preferred target with PSCI 0.2, boot registers.
+//!
+//! The KVM parts only build for aarch64; `layout` and `fdt` also build for tests anywhere.
+//!
+//! Ordering KVM imposes on arm64, which the builder must follow there: the GIC is created
+//! and initialised after every vCPU exists and is initialised ([`finish_vcpus`]), and KVM
+//! refuses irqfds (`EAGAIN`) until then. The builder registers device irqfds before it
+//! creates vCPUs (right for x86_64), so an arm64 VM does not boot yet: the builder must
+//! create vCPUs first on arm64 (tracked in issue 3). Not tested on real arm64 hardware.
+//!
+//! Not here either: PSCI SYSTEM_OFF/RESET handling in the vCPU loop (KVM_EXIT_SYSTEM_EVENT),
+//! a PL031 RTC, GIC state save/restore.
 
-use std::fs::File;
+pub mod fdt;
+#[cfg(target_arch = "aarch64")]
+pub mod gic;
+pub mod layout;
+#[cfg(target_arch = "aarch64")]
+pub mod regs;
 
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use thiserror::Error;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+#[cfg(target_arch = "aarch64")]
+pub use self::setup::*;
+pub use layout::{
+    CMDLINE_MAX_SIZE, CMDLINE_START, DRAM_START, MAX_VCPUS, VIRTIO_IRQ_BASE, VIRTIO_MAX_DEVICES,
+    VIRTIO_MMIO_BASE,
+};
 
-use super::{BootInfo, KernelEntry, LegacyDevices};
+/// The common arch interface ([`crate::arch`]) for aarch64.
+#[cfg(target_arch = "aarch64")]
+mod setup {
+    use std::fs::File;
 
-/// vCPUs a VM may have (GICv3 redistributor limit we intend to support).
-pub const MAX_VCPUS: u8 = 254;
-/// Where the command line will be placed (inside the FDT's chosen node on aarch64; kept for
-/// the common builder).
-pub const CMDLINE_START: u64 = 0x8000_0000;
-/// The arm64 kernel's COMMAND_LINE_SIZE.
-pub const CMDLINE_MAX_SIZE: usize = 2048;
-/// Start of guest RAM.
-pub const DRAM_START: u64 = 0x8000_0000;
-/// virtio-mmio device windows (below RAM, one page each; will be described in the FDT).
-pub const VIRTIO_MMIO_BASE: u64 = 0x4000_0000;
-/// The first virtio-mmio device's interrupt (a GIC SPI number, as KVM irqfd GSIs count).
-pub const VIRTIO_IRQ_BASE: u32 = 32;
-/// How many virtio-mmio devices we place.
-pub const VIRTIO_MAX_DEVICES: u32 = 32;
+    use kvm_bindings::kvm_vcpu_init;
+    use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+    use linux_loader::loader::pe::PE;
+    use linux_loader::loader::KernelLoader;
+    use thiserror::Error;
+    use vm_memory::{
+        Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    };
 
-/// Errors of aarch64 VM setup.
-#[derive(Debug, Error)]
-pub enum Error {
-    /// This step is not written for aarch64 yet.
-    #[error("aarch64: {0} is not implemented yet")]
-    NotImplemented(&'static str),
-}
+    use super::fdt::{self, FdtConfig, FdtError, MmioDevice};
+    use super::gic::{self, GicError};
+    use super::layout;
+    use super::regs::{self, RegsError};
+    use crate::arch::{BootInfo, KernelEntry, LegacyDevices};
 
-/// The template vCPUs are derived from (will hold `kvm_vcpu_init`).
-#[derive(Debug, Clone)]
-pub struct VcpuTemplate;
+    /// Errors of aarch64 VM setup.
+    #[derive(Debug, Error)]
+    pub enum Error {
+        /// The GICv3 could not be set up.
+        #[error(transparent)]
+        Gic(#[from] GicError),
+        /// A vCPU could not be initialised.
+        #[error(transparent)]
+        Regs(#[from] RegsError),
+        /// Loading the kernel Image failed.
+        #[error("loading the kernel Image: {0}")]
+        LoadKernel(linux_loader::loader::Error),
+        /// RAM is too small for the kernel base and the FDT slot.
+        #[error("guest RAM ending at {0:#x} has no room for the FDT above the kernel")]
+        NoRoomForFdt(u64),
+        /// The initramfs does not fit between the kernel and the FDT.
+        #[error("an initramfs of {size} bytes does not fit in guest RAM above the kernel")]
+        InitrdTooLarge {
+            /// Its size.
+            size: u64,
+        },
+        /// Reading the command line back from guest memory failed.
+        #[error("reading the command line from guest memory: {0}")]
+        ReadCmdline(vm_memory::GuestMemoryError),
+        /// The FDT could not be built.
+        #[error(transparent)]
+        Fdt(#[from] FdtError),
+        /// Writing the FDT into guest memory failed.
+        #[error("writing the FDT into guest memory: {0}")]
+        WriteFdt(vm_memory::GuestMemoryError),
+        /// Registering a device's interrupt or putting it on a bus failed.
+        #[error("registering {0}: {1}")]
+        Device(&'static str, String),
+    }
 
-/// Guest RAM: one region from [`DRAM_START`].
-pub fn ram_regions(memory_bytes: u64) -> Result<Vec<(GuestAddress, u64)>, Error> {
-    Ok(vec![(GuestAddress(DRAM_START), memory_bytes)])
-}
+    /// The template vCPUs are derived from: the preferred target with PSCI 0.2.
+    #[derive(Debug, Clone)]
+    pub struct VcpuTemplate {
+        init: kvm_vcpu_init,
+    }
 
-/// GICv3 and the architected timer.
-pub fn setup_vm(_vm: &VmFd) -> Result<(), Error> {
-    Err(Error::NotImplemented("GICv3 setup"))
-}
+    /// Guest RAM: one region from [`layout::DRAM_START`].
+    pub fn ram_regions(memory_bytes: u64) -> Result<Vec<(GuestAddress, u64)>, Error> {
+        Ok(vec![(GuestAddress(layout::DRAM_START), memory_bytes)])
+    }
 
-/// Loads an arm64 Image.
-pub fn load_kernel(_mem: &GuestMemoryMmap, _kernel: &mut File) -> Result<KernelEntry, Error> {
-    Err(Error::NotImplemented("the arm64 Image loader"))
-}
+    /// Nothing before vCPUs: KVM sizes the GICv3 from the vCPUs, so [`finish_vcpus`]
+    /// creates it. The architected timer needs no setup.
+    pub fn setup_vm(_vm: &VmFd) -> Result<(), Error> {
+        Ok(())
+    }
 
-/// Where the initramfs goes.
-pub fn initrd_address(
-    _mem: &GuestMemoryMmap,
-    _kernel_end: GuestAddress,
-    _size: u64,
-) -> Result<GuestAddress, Error> {
-    Err(Error::NotImplemented("initrd placement"))
-}
+    /// Creates and initialises the GICv3, once every vCPU exists and is initialised.
+    pub fn finish_vcpus(vm: &VmFd, _vcpus: u8) -> Result<(), Error> {
+        gic::create_gicv3(vm)?;
+        Ok(())
+    }
 
-/// Writes the FDT.
-pub fn configure_system(_mem: &GuestMemoryMmap, _boot: &BootInfo) -> Result<(), Error> {
-    Err(Error::NotImplemented("the FDT"))
-}
+    fn ram_end(mem: &GuestMemoryMmap) -> u64 {
+        mem.last_addr().raw_value().saturating_add(1)
+    }
 
-/// Reads `KVM_ARM_PREFERRED_TARGET`.
-pub fn vcpu_template(_kvm: &Kvm, _vm: &VmFd) -> Result<VcpuTemplate, Error> {
-    Err(Error::NotImplemented("KVM_ARM_VCPU_INIT"))
-}
+    fn fdt_address(mem: &GuestMemoryMmap) -> Result<u64, Error> {
+        let end = ram_end(mem);
+        layout::fdt_address(end).ok_or(Error::NoRoomForFdt(end))
+    }
 
-/// Sets the boot registers (PC, x0 = FDT address) and PSCI state.
-pub fn configure_vcpu(
-    _template: &VcpuTemplate,
-    _vcpu: &VcpuFd,
-    _index: u8,
-    _vcpus: u8,
-    _kernel: &KernelEntry,
-    _mem: &GuestMemoryMmap,
-) -> Result<(), Error> {
-    Err(Error::NotImplemented("vCPU register setup"))
-}
+    /// Loads an arm64 `Image` at [`layout::KERNEL_START`] plus its text_offset.
+    pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEntry, Error> {
+        let loaded = PE::load(mem, Some(GuestAddress(layout::KERNEL_START)), kernel, None)
+            .map_err(Error::LoadKernel)?;
+        Ok(KernelEntry {
+            entry: loaded.kernel_load,
+            end: GuestAddress(loaded.kernel_end),
+        })
+    }
 
-/// The PL011/8250 on MMIO with a GIC SPI.
-pub fn register_devices(_vm: &VmFd, _devices: &mut LegacyDevices<'_>) -> Result<(), Error> {
-    Err(Error::NotImplemented("MMIO legacy devices"))
+    /// Where the initramfs goes: right below the FDT, above the kernel.
+    pub fn initrd_address(
+        mem: &GuestMemoryMmap,
+        kernel_end: GuestAddress,
+        size: u64,
+    ) -> Result<GuestAddress, Error> {
+        layout::initrd_address(fdt_address(mem)?, kernel_end.raw_value(), size)
+            .map(GuestAddress)
+            .ok_or(Error::InitrdTooLarge { size })
+    }
+
+    /// Builds the FDT (memory, vCPUs, GIC, timer, PSCI, UART, `/chosen`) and writes it at
+    /// the top of RAM. virtio-mmio devices are declared on the command line by the builder
+    /// (`virtio_mmio.device=`, which arm64 Linux honours too), so the FDT does not repeat
+    /// them.
+    pub fn configure_system(mem: &GuestMemoryMmap, boot: &BootInfo) -> Result<(), Error> {
+        let mut cmdline = vec![0u8; boot.cmdline_size.saturating_sub(1) as usize];
+        mem.read_slice(&mut cmdline, boot.cmdline_addr)
+            .map_err(Error::ReadCmdline)?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let memory: Vec<(u64, u64)> = mem
+            .iter()
+            .map(|r| (r.start_addr().raw_value(), r.len()))
+            .collect();
+        let blob = fdt::create_fdt(&FdtConfig {
+            memory: &memory,
+            vcpus: boot.vcpus,
+            cmdline: &cmdline,
+            initrd: boot.initrd.map(|(a, s)| (a.raw_value(), s)),
+            serial: Some(MmioDevice {
+                base: layout::SERIAL_MMIO_BASE,
+                size: layout::SERIAL_MMIO_SIZE,
+                irq: layout::SERIAL_IRQ,
+            }),
+            virtio: &[],
+        })?;
+        mem.write_slice(&blob, GuestAddress(fdt_address(mem)?))
+            .map_err(Error::WriteFdt)
+    }
+
+    /// Reads `KVM_ARM_PREFERRED_TARGET`.
+    pub fn vcpu_template(_kvm: &Kvm, vm: &VmFd) -> Result<VcpuTemplate, Error> {
+        Ok(VcpuTemplate {
+            init: regs::preferred_init(vm)?,
+        })
+    }
+
+    /// `KVM_ARM_VCPU_INIT` (PSCI 0.2; secondaries powered off) and, for vCPU 0, the boot
+    /// registers: PC at the kernel, x0 = the FDT.
+    pub fn configure_vcpu(
+        template: &VcpuTemplate,
+        vcpu: &VcpuFd,
+        index: u8,
+        _vcpus: u8,
+        kernel: &KernelEntry,
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), Error> {
+        regs::init_vcpu(vcpu, &template.init, index)?;
+        if index == 0 {
+            regs::set_boot_regs(vcpu, kernel.entry.raw_value(), fdt_address(mem)?)?;
+        }
+        Ok(())
+    }
+
+    /// The 8250 at [`layout::SERIAL_MMIO_BASE`] on the MMIO bus, its SPI as an irqfd.
+    /// (arm64 has no i8042: the guest resets through PSCI.)
+    pub fn register_devices(vm: &VmFd, devices: &mut LegacyDevices<'_>) -> Result<(), Error> {
+        vm.register_irqfd(devices.serial_irq, layout::SERIAL_IRQ)
+            .map_err(|e| Error::Device("the console IRQ", e.to_string()))?;
+        devices
+            .mmio
+            .insert(
+                layout::SERIAL_MMIO_BASE,
+                layout::SERIAL_MMIO_SIZE,
+                devices.serial.clone(),
+            )
+            .map_err(|e| Error::Device("the console UART", e.to_string()))
+    }
 }
