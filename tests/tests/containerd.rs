@@ -158,12 +158,7 @@ fn two_containers_of_one_sandbox_share_one_vm() {
         "the pod VM should still run for its first container"
     );
 
-    assert!(c
-        .ctr(&["task", "kill", "-s", "SIGKILL", "hull-t-pod"])
-        .status
-        .success());
-    wait_stopped(&c, "hull-t-pod");
-    remove(&c, "hull-t-pod");
+    kill_and_remove(&c, "hull-t-pod");
 }
 
 #[test]
@@ -183,23 +178,25 @@ fn a_missing_kernel_fails_the_create_naming_it_and_leaves_nothing() {
     assert_pod_gone("hull-t-nokernel");
 }
 
+/// `ctr run --runtime io.containerd.hull.v2 FLAGS --rm IMAGE ID ARGS...`.
+fn run_with(c: &Containerd, flags: &[&str], id: &str, args: &[&str]) -> Output {
+    let mut a = vec!["run", "--runtime", "io.containerd.hull.v2"];
+    a.extend_from_slice(flags);
+    a.extend_from_slice(&["--rm", hull_tests::TEST_IMAGE, id]);
+    a.extend_from_slice(args);
+    c.ctr(&a)
+}
+
 /// `ctr run --runtime-config-path CONFIG` (containerd passes it to the shim as the
 /// `ConfigPath` of `runtimeoptions.v1.Options`, as the CRI plugin does for a runtime's
 /// `options`).
 fn run_with_config(c: &Containerd, config: &std::path::Path, id: &str, args: &[&str]) -> Output {
-    let config = config.to_str().unwrap();
-    let mut a = vec![
-        "run",
-        "--runtime",
-        "io.containerd.hull.v2",
-        "--runtime-config-path",
-        config,
-        "--rm",
-        hull_tests::TEST_IMAGE,
+    run_with(
+        c,
+        &["--runtime-config-path", config.to_str().unwrap()],
         id,
-    ];
-    a.extend_from_slice(args);
-    c.ctr(&a)
+        args,
+    )
 }
 
 #[test]
@@ -270,18 +267,7 @@ fn a_broken_config_fails_the_create_naming_the_file_and_key_and_leaves_nothing()
 
 /// `ctr run --log-uri URI` (stdout and stderr both name the URI, as containerd does).
 fn run_with_log_uri(c: &Containerd, uri: &str, id: &str, args: &[&str]) -> Output {
-    let mut a = vec![
-        "run",
-        "--runtime",
-        "io.containerd.hull.v2",
-        "--log-uri",
-        uri,
-        "--rm",
-        hull_tests::TEST_IMAGE,
-        id,
-    ];
-    a.extend_from_slice(args);
-    c.ctr(&a)
+    run_with(c, &["--log-uri", uri], id, args)
 }
 
 #[test]
@@ -425,6 +411,14 @@ fn run_detached(c: &Containerd, id: &str) {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
+/// SIGKILL, wait until containerd reports the task stopped, delete task and container.
+fn kill_and_remove(c: &Containerd, id: &str) {
+    let out = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    assert!(out.status.success(), "task kill: {}", text(&out.stderr));
+    wait_stopped(c, id);
+    remove(c, id);
+}
+
 fn remove(c: &Containerd, id: &str) {
     let out = c.ctr(&["task", "rm", id]);
     assert!(out.status.success(), "task rm: {}", text(&out.stderr));
@@ -496,12 +490,7 @@ fn update_reaches_the_containers_cgroup_in_the_guest() {
         serde_json::json!({"memory": {"limit": 100 * 1024 * 1024}, "pids": {"limit": 77}}),
     );
     assert_eq!(limits(), (Some(100 * 1024 * 1024), Some(77)));
-    assert!(c
-        .ctr(&["task", "kill", "-s", "SIGKILL", "hull-t-update"])
-        .status
-        .success());
-    wait_stopped(&c, "hull-t-update");
-    remove(&c, "hull-t-update");
+    kill_and_remove(&c, "hull-t-update");
 }
 
 #[test]
@@ -526,12 +515,7 @@ fn a_restarted_containerd_finds_its_running_hull_tasks_again() {
     ]);
     assert!(out.status.success(), "exec: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "still here\n");
-    assert!(c
-        .ctr(&["task", "kill", "-s", "SIGKILL", "hull-t-restart"])
-        .status
-        .success());
-    wait_stopped(&c, "hull-t-restart");
-    remove(&c, "hull-t-restart");
+    kill_and_remove(&c, "hull-t-restart");
 }
 
 #[test]
@@ -562,12 +546,7 @@ fn pause_resume_and_metrics() {
     );
     assert!(m.contains("pids.current"), "{m}");
 
-    assert!(c
-        .ctr(&["task", "kill", "-s", "SIGKILL", "hull-t-pause"])
-        .status
-        .success());
-    wait_stopped(&c, "hull-t-pause");
-    remove(&c, "hull-t-pause");
+    kill_and_remove(&c, "hull-t-pause");
 }
 
 #[test]

@@ -222,36 +222,29 @@ pub async fn open(
         }
         Some(Target::Fifo(path)) => Ok(Outputs {
             stdout: Some(open_fifo(path)?),
-            stderr: match stderr {
-                "" => None,
-                s => match parse(s)? {
-                    Target::Fifo(p) => Some(open_fifo(p)?),
-                    _ => {
-                        return Err(LogError::InvalidUri {
-                            uri: s.to_string(),
-                            reason: "stderr names a log URI while stdout names a FIFO".into(),
-                        })
-                    }
-                },
-            },
+            stderr: stderr_fifo(stderr, "stderr names a log URI while stdout names a FIFO")?,
             logger: None,
         }),
         None => Ok(Outputs {
             stdout: None,
-            stderr: match stderr {
-                "" => None,
-                s => match parse(s)? {
-                    Target::Fifo(p) => Some(open_fifo(p)?),
-                    _ => {
-                        return Err(LogError::InvalidUri {
-                            uri: s.to_string(),
-                            reason: "a log URI must be given for stdout".into(),
-                        })
-                    }
-                },
-            },
+            stderr: stderr_fifo(stderr, "a log URI must be given for stdout")?,
             logger: None,
         }),
+    }
+}
+
+/// stderr's FIFO ("" = none) when stdout is a FIFO or absent; a log URI there is refused
+/// with `why`.
+fn stderr_fifo(stderr: &str, why: &str) -> Result<Option<Writer>, LogError> {
+    match stderr {
+        "" => Ok(None),
+        s => match parse(s)? {
+            Target::Fifo(p) => open_fifo(p).map(Some),
+            _ => Err(LogError::InvalidUri {
+                uri: s.to_string(),
+                reason: why.into(),
+            }),
+        },
     }
 }
 
