@@ -548,6 +548,7 @@ impl Sandbox {
             id.to_string(),
             cgroup.to_path_buf(),
             self.oom_tx.clone(),
+            process.clone(),
         ));
         Ok(Arc::new(ContainerEntry {
             id: id.to_string(),
@@ -1039,18 +1040,30 @@ fn finish_process(
     })
 }
 
-/// Polls the container's OOM-kill counter and reports increases.
-async fn watch_oom(id: String, cgroup: PathBuf, tx: mpsc::Sender<String>) {
-    let mut seen = oom_kills(&cgroup).unwrap_or(0);
+/// Polls the container's OOM-kill counter and reports increases, with a last look once the
+/// init process has exited: an OOM kill usually ends the container at once, often before
+/// the next poll, and the container may be removed right after.
+async fn watch_oom(id: String, cgroup: PathBuf, tx: mpsc::Sender<String>, init: Arc<Process>) {
+    let mut seen = 0;
+    let mut report = |now: u64| {
+        let fresh = now > seen;
+        seen = seen.max(now);
+        fresh
+    };
+    let mut exited = std::pin::pin!(init.wait());
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = oom_kills(&cgroup).unwrap_or(seen);
-        if now > seen {
-            seen = now;
+        let last = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => false,
+            _ = &mut exited => true,
+        };
+        if report(oom_kills(&cgroup).unwrap_or(0)) {
             log::info!("container {id}: OOM kill");
             if tx.send(id.clone()).await.is_err() {
                 return;
             }
+        }
+        if last {
+            return;
         }
     }
 }

@@ -603,9 +603,8 @@ fn nix_kill9(pid: u32) {
     assert!(st.success());
 }
 
-#[test]
-fn task_events_come_in_runtime_v2_order() {
-    let c = start();
+/// The `/tasks/...` topics `ctr events` saw for task `id` while `run` ran.
+fn task_topics_during(c: &Containerd, id: &str, run: impl FnOnce()) -> (Vec<String>, String) {
     let mut events = std::process::Command::new("ctr")
         .arg("-a")
         .arg(c.dir.path().join("containerd.sock"))
@@ -614,20 +613,29 @@ fn task_events_come_in_runtime_v2_order() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = c.run("hull-t-events", &["true"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    run();
     std::thread::sleep(std::time::Duration::from_millis(500));
     let _ = events.kill();
-    let out = events.wait_with_output().unwrap();
-    let topics: Vec<String> = text(&out.stdout)
+    let out = text(&events.wait_with_output().unwrap().stdout);
+    let topics = out
         .lines()
-        .filter(|l| l.contains("hull-t-events") && l.contains("/tasks/"))
+        .filter(|l| l.contains(id) && l.contains("/tasks/"))
         .filter_map(|l| {
             l.split_whitespace()
                 .find(|w| w.starts_with("/tasks/"))
                 .map(String::from)
         })
         .collect();
+    (topics, out)
+}
+
+#[test]
+fn task_events_come_in_runtime_v2_order() {
+    let c = start();
+    let (topics, all) = task_topics_during(&c, "hull-t-events", || {
+        let out = c.run("hull-t-events", &["true"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    });
     assert_eq!(
         topics,
         [
@@ -636,9 +644,31 @@ fn task_events_come_in_runtime_v2_order() {
             "/tasks/exit",
             "/tasks/delete"
         ],
-        "events: {}",
-        text(&out.stdout)
+        "events: {all}"
     );
+}
+
+#[test]
+fn an_oom_kill_in_the_guest_publishes_task_oom() {
+    let c = start();
+    let (topics, all) = task_topics_during(&c, "hull-t-oom", || {
+        let out = run_with(
+            &c,
+            &["--memory-limit", "33554432"],
+            "hull-t-oom",
+            &[
+                "sh",
+                "-c",
+                "exec awk 'BEGIN { s = \"x\"; while (1) s = s s }'",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    });
+    assert!(
+        topics.iter().any(|t| t == "/tasks/oom"),
+        "no /tasks/oom event: {all}"
+    );
+    assert_pod_gone("hull-t-oom");
 }
 
 #[test]

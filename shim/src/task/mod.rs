@@ -17,10 +17,10 @@ use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::event::Event;
 use containerd_shim::protos::api;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
-use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim::publisher::RemotePublisher;
@@ -158,8 +158,8 @@ impl Shim for HullShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        let publisher = Arc::new(publisher);
-        let (ns, pub2) = (self.namespace.clone(), publisher.clone());
+        let events = Events::new(publisher, self.namespace.clone());
+        let ev2 = events.clone();
         let on_exit: pod::ExitHook = Arc::new(move |p: &Proc, e: &Exited| {
             let ev = TaskExit {
                 container_id: p.container_id.clone(),
@@ -173,13 +173,20 @@ impl Shim for HullShim {
                 exited_at: MessageField::some(e.at.clone()),
                 ..Default::default()
             };
-            publish(&pub2, &ns, ev);
+            ev2.publish(ev);
+        });
+        let ev3 = events.clone();
+        let on_oom: pod::OomHook = Arc::new(move |container_id: &str| {
+            log::info!("OOM kill in {container_id}");
+            ev3.publish(TaskOOM {
+                container_id: container_id.to_string(),
+                ..Default::default()
+            });
         });
         let pod_id = pod_id_of(&std::env::current_dir().unwrap_or_default(), &self.id);
         TaskService {
-            pod: Pod::new(&pod_id, &self.namespace, on_exit),
-            publisher,
-            namespace: self.namespace.clone(),
+            pod: Pod::new(&pod_id, &self.namespace, on_exit, on_oom),
+            events,
             exit: self.exit.clone(),
         }
     }
@@ -214,36 +221,70 @@ pub async fn vm_setup(config_path: Option<&Path>) -> Result<VmSetup, PodError> {
     })
 }
 
-fn publish<E: Event + 'static>(publisher: &Arc<RemotePublisher>, namespace: &str, event: E) {
-    let (p, ns) = (publisher.clone(), namespace.to_string());
-    tokio::spawn(async move {
-        let topic = event.topic();
-        if let Err(e) = p
-            .publish(
-                containerd_shim::Context::default(),
-                &topic,
-                &ns,
-                Box::new(event),
-            )
-            .await
-        {
-            log::warn!("publishing {topic}: {e}");
+type Queued = (
+    String,
+    Box<dyn MessageDyn>,
+    Option<tokio::sync::oneshot::Sender<()>>,
+);
+
+/// containerd's event publisher behind one queue: events reach containerd in the order they
+/// were published (runtime v2 requires create < start < exit < delete for a task), which a
+/// task per event would not guarantee.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // RemotePublisher has no Debug
+pub struct Events {
+    tx: tokio::sync::mpsc::UnboundedSender<Queued>,
+}
+
+impl Events {
+    /// Starts the queue's sender task.
+    pub fn new(publisher: RemotePublisher, namespace: String) -> Events {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Queued>();
+        tokio::spawn(async move {
+            while let Some((topic, event, done)) = rx.recv().await {
+                if let Some(done) = done {
+                    let _ = done.send(());
+                    continue;
+                }
+                let ctx = containerd_shim::Context::default();
+                if let Err(e) = publisher.publish(ctx, &topic, &namespace, event).await {
+                    log::warn!("publishing {topic}: {e}");
+                }
+            }
+        });
+        Events { tx }
+    }
+
+    /// Queues `event`.
+    pub fn publish<E: Event + 'static>(&self, event: E) {
+        let _ = self.tx.send((event.topic(), Box::new(event), None));
+    }
+
+    /// Waits (at most `limit`) until every event queued so far was handed to containerd.
+    pub async fn flush(&self, limit: std::time::Duration) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let marker = (
+            String::new(),
+            Box::new(api::Empty::new()) as Box<dyn MessageDyn>,
+            Some(done),
+        );
+        if self.tx.send(marker).is_ok() {
+            let _ = tokio::time::timeout(limit, wait).await;
         }
-    });
+    }
 }
 
 /// The Task service of one pod.
 #[allow(missing_debug_implementations)] // RemotePublisher has no Debug
 pub struct TaskService {
     pod: Arc<Pod>,
-    publisher: Arc<RemotePublisher>,
-    namespace: String,
+    events: Events,
     exit: Arc<ExitSignal>,
 }
 
 impl TaskService {
     fn publish<E: Event + 'static>(&self, event: E) {
-        publish(&self.publisher, &self.namespace, event);
+        self.events.publish(event);
     }
 }
 
@@ -688,6 +729,8 @@ impl Task for TaskService {
     async fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
         if self.pod.is_empty() {
             self.pod.stop_vm().await;
+            // The last task's events must reach containerd before the shim exits.
+            self.events.flush(std::time::Duration::from_secs(5)).await;
             self.exit.signal();
         }
         Ok(api::Empty::new())

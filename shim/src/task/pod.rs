@@ -348,6 +348,9 @@ impl Container {
 /// What the pod does when a process exits (the service publishes events).
 pub type ExitHook = Arc<dyn Fn(&Proc, &Exited) + Send + Sync>;
 
+/// What the pod does when the OOM killer hits one of its containers (the container id).
+pub type OomHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// How a pod's VM is made: the configuration and backend resolved at its first create.
 #[derive(Debug)]
 pub struct VmSetup {
@@ -368,6 +371,7 @@ pub struct Pod {
     agent: Mutex<Option<Agent>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     on_exit: ExitHook,
+    on_oom: OomHook,
 }
 
 impl std::fmt::Debug for Pod {
@@ -380,7 +384,7 @@ impl std::fmt::Debug for Pod {
 
 impl Pod {
     /// A pod with no VM yet; [`Pod::configure`] says how to make it.
-    pub fn new(id: &str, namespace: &str, on_exit: ExitHook) -> Arc<Pod> {
+    pub fn new(id: &str, namespace: &str, on_exit: ExitHook, on_oom: OomHook) -> Arc<Pod> {
         Arc::new(Pod {
             id: id.into(),
             namespace: namespace.into(),
@@ -389,6 +393,7 @@ impl Pod {
             agent: Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
             on_exit,
+            on_oom,
         })
     }
 
@@ -502,6 +507,7 @@ impl Pod {
         }
         *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(agent.clone());
         *slot = Some(vm);
+        self.watch_oom(agent.clone());
         Ok((agent, share))
     }
 
@@ -627,6 +633,27 @@ impl Pod {
     }
 
     /// Watches for the process's exit and records it.
+    /// Relays the agent's OOM events (a long poll, one event per call) until the agent is
+    /// gone: the VM stopped or died.
+    fn watch_oom(&self, agent: Agent) {
+        let (on_oom, pod) = (self.on_oom.clone(), self.id.clone());
+        tokio::spawn(async move {
+            let (client, _) = agent.raw();
+            loop {
+                // No deadline: an OOM may never come.
+                let ctx = ttrpc::context::Context::default();
+                match client.get_oom_event(ctx, &ag::Empty::new()).await {
+                    Ok(e) if !e.container_id.is_empty() => on_oom(&e.container_id),
+                    Ok(_) => {}
+                    Err(e) => {
+                        log::debug!("pod {pod}: OOM events end: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
     fn watch_exit(self: &Arc<Self>, agent: Agent, p: Arc<Proc>) {
         let pod = self.clone();
         tokio::spawn(async move {
