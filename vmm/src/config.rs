@@ -49,6 +49,10 @@ pub struct Cli {
     /// device without it.
     #[arg(long = "vsock-uds")]
     pub vsock_uds: Option<PathBuf>,
+    /// Control socket (unix stream, one JSON request per line: pause, resume, shutdown,
+    /// state, metrics); created at start, removed at exit. None without it.
+    #[arg(long = "api-sock")]
+    pub api_sock: Option<PathBuf>,
 }
 
 /// Where the guest's serial console goes.
@@ -77,6 +81,8 @@ pub struct VmResources {
     pub console: ConsoleOutput,
     /// The vsock device's host unix socket, if the VM has one.
     pub vsock_uds: Option<PathBuf>,
+    /// The control socket, if any.
+    pub api_sock: Option<PathBuf>,
 }
 
 /// Errors of validating the command line.
@@ -102,6 +108,19 @@ pub enum ConfigError {
     /// The vsock socket path is empty or its directory does not exist.
     #[error("--vsock-uds {0}: its directory does not exist")]
     VsockPath(PathBuf),
+    /// The control socket path is empty or its directory does not exist.
+    #[error("--api-sock {0}: its directory does not exist")]
+    ApiSockPath(PathBuf),
+}
+
+/// Whether `p` names a file in an existing directory (a socket hull-vmm can create).
+fn socket_path_ok(p: &Path) -> bool {
+    let dir = match p.parent() {
+        Some(d) if d.as_os_str().is_empty() => Path::new("."),
+        Some(d) => d,
+        None => return false,
+    };
+    p.file_name().is_some() && dir.is_dir()
 }
 
 fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
@@ -152,6 +171,11 @@ impl TryFrom<Cli> for VmResources {
                 return Err(ConfigError::VsockPath(p.clone()));
             }
         }
+        if let Some(p) = &cli.api_sock {
+            if !socket_path_ok(p) {
+                return Err(ConfigError::ApiSockPath(p.clone()));
+            }
+        }
         Ok(VmResources {
             kernel: cli.kernel,
             initrd: cli.initrd,
@@ -162,6 +186,7 @@ impl TryFrom<Cli> for VmResources {
                 .console
                 .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
             vsock_uds: cli.vsock_uds,
+            api_sock: cli.api_sock,
         })
     }
 }
@@ -228,6 +253,21 @@ mod tests {
     }
 
     #[test]
+    fn api_socket_needs_an_existing_directory() {
+        let (_d, k, _i) = files();
+        let k = k.to_str().unwrap();
+        for bad in ["/nonexistent/dir/api.sock", "/"] {
+            let err = VmResources::try_from(parse(&["--kernel", k, "--api-sock", bad]).unwrap())
+                .unwrap_err();
+            assert_eq!(err, ConfigError::ApiSockPath(bad.into()));
+        }
+        let r =
+            VmResources::try_from(parse(&["--kernel", k, "--api-sock", "/tmp/a.sock"]).unwrap())
+                .unwrap();
+        assert_eq!(r.api_sock, Some("/tmp/a.sock".into()));
+    }
+
+    #[test]
     fn defaults_are_one_vcpu_256_mib_stdout_and_a_quiet_console() {
         let (_d, k, _i) = files();
         let r = VmResources::try_from(parse(&["--kernel", k.to_str().unwrap()]).unwrap()).unwrap();
@@ -237,6 +277,7 @@ mod tests {
         assert_eq!(r.initrd, None);
         assert!(r.cmdline.contains("reboot=t"));
         assert_eq!(r.vsock_uds, None);
+        assert_eq!(r.api_sock, None);
     }
 
     #[test]

@@ -12,12 +12,17 @@
 //!
 //! virtio devices sit on the virtio-mmio transport ([`devices::virtio`]); vsock is there.
 //!
-//! Not here yet: virtio-fs, net, blk, the control socket, seccomp filters,
-//! bzImage boot. Each is tracked in issue 3.
+//! The control socket ([`api`], `--api-sock`) pauses, resumes, stops and inspects the running
+//! VM; the counters it reports are kept in [`metrics`].
+//!
+//! Not here yet: virtio-fs, net, blk, seccomp filters, bzImage boot. Each is tracked in
+//! issue 3.
 
+pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod memory;
+pub mod metrics;
 pub mod vstate;

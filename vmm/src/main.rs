@@ -1,8 +1,10 @@
 //! `hull-vmm`: boots one microVM and exits when the guest ends.
 //!
-//! Exit status: 0 when the guest reset or powered off (how a hull guest ends), 1 when the
-//! VM failed (build error, vCPU error), 2 on invalid arguments. The reason is printed on
-//! stderr; `RUST_LOG=info` adds timings (e.g. time to the first `KVM_RUN`).
+//! Exit status: 0 when the guest reset or powered off (how a hull guest ends) or the control
+//! socket's `shutdown` stopped it, 1 when the VM failed (build error, vCPU error), 2 on
+//! invalid arguments. The reason is printed on stderr; `RUST_LOG=info` adds timings (e.g.
+//! time to the first `KVM_RUN`, as `first_kvm_run since_start_us=… process_cpu_us=…
+//! monotonic_ns=…`). `--api-sock PATH`: the control socket ([`hull_vmm::api`]).
 
 use std::process::ExitCode;
 use std::time::Instant;

@@ -1,11 +1,15 @@
 //! The running VM: vCPU threads, and how the VM ends.
 //!
 //! [`Vm::run`] starts one thread per vCPU and then waits on the [`ExitSignal`], which the
-//! first vCPU or device that sees the guest end (reset, power-off, a KVM error) raises.
-//! hull-vmm is one VM per process: once the reason is known, `run` flushes the console and
-//! returns, and the process exit ends the vCPU threads still inside `KVM_RUN`.
+//! first vCPU or device that sees the guest end (reset, power-off, a KVM error) raises, or
+//! the control socket's `shutdown`. With a control socket ([`crate::api`]) this thread
+//! serves it while it waits. Once the reason is known, `run` stops the vCPU threads (kick
+//! and join, bounded: [`control::STOP_TIMEOUT`]), flushes the console and returns.
+//! Pause/resume: [`pause`].
 
+mod control;
 mod exit;
+pub mod pause;
 mod vcpu;
 
 use std::sync::{Arc, Mutex};
@@ -14,11 +18,14 @@ use std::time::Instant;
 use kvm_ioctls::{Kvm, VmFd};
 use thiserror::Error;
 
+pub use control::VmControl;
 pub use exit::{ExitReason, ExitSignal};
 pub use vcpu::Vcpu;
 
+use crate::api::ApiServer;
 use crate::devices::serial::SerialDevice;
 use crate::memory::GuestRam;
+use crate::metrics::Metrics;
 
 /// Errors of running a built VM.
 #[derive(Debug, Error)]
@@ -34,6 +41,12 @@ pub enum RunError {
     /// Waiting for the exit signal failed.
     #[error("waiting for the VM to end: {0}")]
     Wait(std::io::Error),
+    /// The vCPU kick signal handler could not be installed.
+    #[error("installing the vCPU kick signal handler: {0}")]
+    KickHandler(std::io::Error),
+    /// Serving the control socket failed.
+    #[error("serving the control socket: {0}")]
+    Api(std::io::Error),
 }
 
 /// A configured VM, ready to run.
@@ -55,6 +68,10 @@ pub struct Vm {
     pub(crate) kvm: Kvm,
     /// When hull-vmm started, for the time-to-first-`KVM_RUN` figure.
     pub(crate) started: Instant,
+    /// The control socket, if any.
+    pub(crate) api: Option<ApiServer>,
+    /// Device counters (the vCPUs' are added by `run`).
+    pub(crate) metrics: Metrics,
 }
 
 impl Vm {
@@ -70,15 +87,37 @@ impl Vm {
 
     /// Runs the guest until it ends; returns why.
     pub fn run(mut self) -> Result<ExitReason, RunError> {
+        pause::install_kick_handler().map_err(RunError::KickHandler)?;
         let vcpus = std::mem::take(&mut self.vcpus);
+        let mut metrics = self.metrics.clone();
+        metrics.vcpus = vcpus.iter().map(Vcpu::metrics).collect();
+        let mut control = VmControl {
+            gate: Arc::default(),
+            threads: Vec::with_capacity(vcpus.len()),
+            exit: self.exit.clone(),
+            metrics,
+            started: self.started,
+        };
         for vcpu in vcpus {
             let index = vcpu.index();
-            std::thread::Builder::new()
+            let gate = control.gate.clone();
+            let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
-                .spawn(move || vcpu.run())
-                .map_err(|source| RunError::SpawnVcpu { index, source })?;
+                .spawn(move || vcpu.run(&gate));
+            match spawned {
+                Ok(t) => control.threads.push(t),
+                Err(source) => {
+                    control.stop_vcpus();
+                    return Err(RunError::SpawnVcpu { index, source });
+                }
+            }
         }
-        let reason = self.exit.wait().map_err(RunError::Wait)?;
+        let reason = match self.api.as_mut() {
+            Some(api) => api.serve(&mut control, &self.exit).map_err(RunError::Api),
+            None => self.exit.wait().map_err(RunError::Wait),
+        };
+        control.stop_vcpus();
+        let reason = reason?;
         if let Err(e) = self
             .serial
             .lock()

@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::muxer::Muxer;
 use super::packet;
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::metrics::{self, VsockMetrics};
 
 /// The virtio device id of vsock.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -34,6 +35,7 @@ pub struct Vsock {
     cid: u64,
     queue_events: Vec<EventFd>,
     muxer: Option<Muxer>,
+    metrics: Arc<VsockMetrics>,
 }
 
 impl Vsock {
@@ -46,7 +48,13 @@ impl Vsock {
             cid,
             queue_events,
             muxer: Some(muxer),
+            metrics: Arc::default(),
         })
+    }
+
+    /// The device's traffic counters.
+    pub fn metrics(&self) -> Arc<VsockMetrics> {
+        self.metrics.clone()
     }
 }
 
@@ -95,6 +103,7 @@ impl VirtioDevice for Vsock {
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(ActivateError::Spawn)?;
         let mut worker = Worker::new(mem, queues, interrupt, muxer, events)?;
+        worker.metrics = self.metrics.clone();
         std::thread::Builder::new()
             .name("vsock".into())
             .spawn(move || worker.run())
@@ -111,6 +120,7 @@ pub struct Worker {
     interrupt: Arc<Interrupt>,
     muxer: Muxer,
     events: Vec<EventFd>,
+    metrics: Arc<VsockMetrics>,
 }
 
 impl Worker {
@@ -142,6 +152,7 @@ impl Worker {
             interrupt,
             muxer,
             events,
+            metrics: Arc::default(),
         })
     }
 
@@ -203,8 +214,15 @@ impl Worker {
             };
             let head = chain.head_index();
             match packet::read_tx(&self.mem, chain) {
-                Ok((hdr, data)) => self.muxer.handle_tx(&hdr, &data),
-                Err(e) => log::debug!("vsock: dropped a TX packet: {e}"),
+                Ok((hdr, data)) => {
+                    metrics::add(&self.metrics.tx_packets, 1);
+                    metrics::add(&self.metrics.tx_bytes, data.len() as u64);
+                    self.muxer.handle_tx(&hdr, &data)
+                }
+                Err(e) => {
+                    metrics::add(&self.metrics.tx_dropped, 1);
+                    log::debug!("vsock: dropped a TX packet: {e}")
+                }
             }
             if let Err(e) = self.queues[TXQ].add_used(&self.mem, head, 0) {
                 log::warn!("vsock: returning a TX buffer: {e}");
@@ -233,7 +251,11 @@ impl Worker {
                         break;
                     }
                     Some((hdr, data)) => match packet::write_rx(&self.mem, chain, hdr, &data) {
-                        Ok(n) => n,
+                        Ok(n) => {
+                            metrics::add(&self.metrics.rx_packets, 1);
+                            metrics::add(&self.metrics.rx_bytes, data.len() as u64);
+                            n
+                        }
                         Err(e) => {
                             log::warn!("vsock: writing an RX packet: {e}");
                             0
@@ -439,5 +461,12 @@ mod tests {
             (op::RESPONSE, 1025, 700, 3)
         );
         assert_eq!(w.muxer().connections(), 1);
+        let c = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let m = &w.metrics;
+        assert_eq!(
+            (c(&m.tx_packets), c(&m.tx_bytes), c(&m.tx_dropped)),
+            (2, 6, 1)
+        );
+        assert_eq!((c(&m.rx_packets), c(&m.rx_bytes)), (1, 0), "the RESPONSE");
     }
 }
