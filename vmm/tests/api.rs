@@ -222,6 +222,23 @@ fn pause_stops_the_guest_resume_restarts_it_and_shutdown_ends_hull_vmm() {
     }
     vmm.wait_progress(resumed + 10);
 
+    // The small CLI client (what the nested harness uses).
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hull-vmm-ctl"))
+            .arg(&vmm.sock)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = ctl(&["state"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with(r#"{"ok":true,"state":"running""#), "{out}");
+    assert_eq!(ctl(&["fly"]).0, Some(2));
+
     // Malformed requests get errors naming the problem; the VM keeps running.
     for (req, want) in [
         (r#"{"cmd":"paws"}"#, "unknown variant `paws`"),

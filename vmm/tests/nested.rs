@@ -126,3 +126,27 @@ fn hull_vmm_boots_the_guest_to_the_agent_serves_vsock_and_exits_when_the_guest_r
         run.elapsed.as_secs_f64()
     );
 }
+
+#[test]
+#[ignore = "boots nested KVM under TCG (a few seconds, needs the L1 build): run by `make nested`"]
+fn hull_vmm_control_socket_pauses_and_stops_the_real_guest() {
+    let run = run_l1("kvm,api");
+    run.passed("kvm");
+    // The agent booted; `state` said running, pause -> paused, resume -> running, and
+    // `shutdown` ended hull-vmm with status 0 and removed the socket (init.sh checks each).
+    let api = run.passed("api");
+    assert!(
+        api.contains("booted=yes") && api.contains("code=0"),
+        "{api}"
+    );
+    assert!(
+        api.contains(r#"paused={"ok":true,"state":"paused""#),
+        "{api}"
+    );
+    assert!(api.contains(r#""vcpu_exits":{"#), "{api}");
+    println!(
+        "nested figures (L2 on kvm_amd inside QEMU TCG; PSS is of the L1 hull-vmm process):\n  \
+         api: {api}\n  whole L1 run: {:.2} s",
+        run.elapsed.as_secs_f64()
+    );
+}
