@@ -8,12 +8,14 @@
 
 pub mod agent;
 pub mod backend;
+pub mod bench;
 pub mod check;
 pub mod image;
 pub mod kvm_probe;
 pub mod task;
 pub mod util;
 pub mod vm;
+pub mod vmm_api;
 pub mod vsock;
 
 /// Parent of every VM's state directory.

@@ -3,6 +3,7 @@
 //! * `hull check` — what this host supports and which backend hull would use.
 //! * `hull boot` — boot one microVM, print what its agent reports, shut it down.
 //! * `hull bench boot` — launch → agent `Check` answered, over N sequential boots.
+//! * `hull bench vmm` — hull-vmm's CPU/wall time to the first `KVM_RUN` and PSS, beside QEMU.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,8 @@ enum Bench {
         #[command(flatten)]
         vm: VmArgs,
     },
+    /// hull-vmm: exec -> first KVM_RUN (wall, CPU), PSS without guest RAM; QEMU beside it.
+    Vmm(hull_shim::bench::vmm::VmmBenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -294,6 +297,9 @@ async fn main() -> ExitCode {
         Command::Bench {
             what: Bench::Boot { count, json, vm },
         } => cmd_bench_boot(vm, count, json).await,
+        Command::Bench {
+            what: Bench::Vmm(args),
+        } => hull_shim::bench::vmm::cli(&args).await.map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
