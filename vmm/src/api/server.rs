@@ -24,6 +24,8 @@ use crate::vstate::{ExitReason, ExitSignal};
 
 /// Most clients connected at once.
 pub const MAX_CLIENTS: usize = 16;
+/// Reads from one client per epoll wakeup.
+const READS_PER_WAKEUP: usize = 8;
 
 /// Carries out requests (implemented by the running VM).
 pub trait Handler {
@@ -197,7 +199,14 @@ impl ApiServer {
             return;
         };
         let mut buf = [0u8; MAX_REQUEST];
+        let mut reads = 0;
         let keep = loop {
+            // Fairness: a client that keeps sending yields to the others after a few reads;
+            // the level-triggered epoll brings it back.
+            reads += 1;
+            if reads > READS_PER_WAKEUP {
+                break true;
+            }
             let n = match c.stream.read(&mut buf) {
                 Ok(0) => break false,
                 Ok(n) => n,
