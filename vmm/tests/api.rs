@@ -202,9 +202,11 @@ fn pause_stops_the_guest_resume_restarts_it_and_shutdown_ends_hull_vmm() {
         "no exits while paused: {m}"
     );
     assert_eq!(m["console_bytes"].as_u64(), Some(paused_at));
+    // vCPU 1 never leaves KVM_RUN by itself: it parked only because the kick got it out.
+    // (vCPU 0 may have reached the gate on its own between two port writes.)
     assert!(
-        m["vcpu_exits"]["interrupted"].as_u64().unwrap() >= 2,
-        "both vCPUs were kicked out of KVM_RUN: {m}"
+        m["vcpu_exits"]["interrupted"].as_u64().unwrap() >= 1,
+        "a vCPU was kicked out of KVM_RUN: {m}"
     );
     // A second pause is a no-op that succeeds.
     c.ok("pause");
