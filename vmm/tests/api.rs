@@ -314,3 +314,37 @@ fn a_file_in_the_way_of_the_control_socket_is_an_error_and_kept() {
     assert!(stderr.contains("binding the control socket"), "{stderr}");
     assert_eq!(std::fs::read(&sock).unwrap(), b"not a socket");
 }
+
+#[test]
+fn sigterm_stops_hull_vmm_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vmm = Vmm::start(dir.path());
+    let mut c = Client::connect(&vmm.sock);
+    assert_eq!(c.ok("state")["state"], "running");
+    vmm.wait_progress(5);
+    let pid = vmm.child.id() as libc::pid_t;
+    // SAFETY: kill() on our own child's pid (not yet reaped) with a valid signal.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = vmm.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "hull-vmm ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    vmm.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    assert!(!vmm.sock.exists(), "the control socket is removed");
+}

@@ -10,6 +10,7 @@
 mod control;
 mod exit;
 pub mod pause;
+pub mod term;
 mod vcpu;
 
 use std::sync::{Arc, Mutex};
@@ -78,6 +79,11 @@ impl Vm {
     /// Guest memory, as the builder left it (for inspection before `run`).
     pub fn memory(&self) -> &vm_memory::GuestMemoryMmap {
         &self.ram.memory
+    }
+
+    /// How the VM ends (to end it from outside, e.g. on SIGTERM: [`term`]).
+    pub fn exit_signal(&self) -> Arc<ExitSignal> {
+        self.exit.clone()
     }
 
     /// The fd of vCPU `index` (for inspection before `run`).
