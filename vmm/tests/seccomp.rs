@@ -42,6 +42,7 @@ fn seccomp_child() {
         "vcpu" => ThreadKind::Vcpu,
         "device" => ThreadKind::Device,
         "spawner" => ThreadKind::Spawner,
+        "signals" => ThreadKind::Signals,
         other => panic!("unknown thread kind {other}"),
     };
     let filters = Filters::with_mode(mode).expect("compiling hull-vmm's filters");
@@ -95,6 +96,8 @@ fn a_syscall_outside_the_list_kills_the_process_by_sigsys() {
         "device:socket-inet",
         "device:execve",
         "spawner:openat",
+        "signals:socket-unix",
+        "signals:ioctl-tcgets",
     ] {
         let (status, out) = run_child(spec);
         assert!(
@@ -120,7 +123,7 @@ fn a_syscall_outside_the_list_kills_the_process_by_sigsys() {
     );
     assert!(!out.contains("survived"), "{out}");
     // The filters are allowlists, not walls: listed calls, with listed arguments, pass.
-    for spec in ["vmm:getpid", "device:socket-unix"] {
+    for spec in ["vmm:getpid", "device:socket-unix", "signals:getpid"] {
         let (status, out) = run_child(spec);
         assert!(out.contains("survived"), "{spec}: {status:?} {out}");
         assert!(status.success(), "{spec}: {status:?} {out}");
@@ -632,11 +635,12 @@ fn hull_vmm_runs_the_guest_as_nobody_in_a_chroot_with_every_thread_filtered() {
     );
     assert_eq!(status_field(&status, "CapEff"), "0000000000000000");
     assert_eq!(status_field(&status, "NoNewPrivs"), "1");
-    // Every thread (VMM, two vCPUs, the device spawner) is in seccomp filter mode (2).
-    assert_eq!(threads.len(), 4, "{threads:?}");
+    // Every thread (VMM, two vCPUs, the device spawner, the SIGTERM watcher) is in seccomp
+    // filter mode (2).
+    assert_eq!(threads.len(), 5, "{threads:?}");
     assert!(threads.iter().all(|(_, mode)| mode == "2"), "{threads:?}");
     let names: Vec<&str> = threads.iter().map(|t| t.0.as_str()).collect();
-    for want in ["vcpu0", "vcpu1", "dev-spawner"] {
+    for want in ["vcpu0", "vcpu1", "dev-spawner", "signals"] {
         assert!(names.contains(&want), "{names:?}");
     }
 }
