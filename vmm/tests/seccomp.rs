@@ -574,6 +574,12 @@ fn hull_vmm_runs_the_guest_as_nobody_in_a_chroot_with_every_thread_filtered() {
     code.serial(b"UP\n").halt();
     let kernel = write_kernel(dir.path(), &code.0);
     let console = dir.path().join("console");
+    // The control socket lies inside the chroot, in a directory user nobody may write to (so
+    // hull-vmm can remove it at exit: after the chroot, as nobody, under its filter).
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let api_sock = run.join("api.sock");
     let mut child = hull_vmm()
         .arg("--kernel")
         .arg(&kernel)
@@ -591,6 +597,8 @@ fn hull_vmm_runs_the_guest_as_nobody_in_a_chroot_with_every_thread_filtered() {
         .arg(dir.path())
         .arg("--console")
         .arg(&console)
+        .arg("--api-sock")
+        .arg(&api_sock)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -620,8 +628,33 @@ fn hull_vmm_runs_the_guest_as_nobody_in_a_chroot_with_every_thread_filtered() {
             threads.push((name, status_field(&s, "Seccomp")));
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(api_sock.exists(), "the control socket was not created");
+    // SIGTERM ends it in order (the watcher thread under its own filter), status 0, and the
+    // socket is removed from inside the chroot.
+    // SAFETY: kill(2) to our own child's pid (not yet reaped), a valid signal.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let stopped = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if stopped.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("hull-vmm ignored SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(exit.success(), "{exit:?}: {stderr}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    assert!(!api_sock.exists(), "the control socket was left: {stderr}");
     eprintln!("hull-vmm as nobody: threads {threads:?}");
     assert_eq!(root, dir.path().canonicalize().unwrap(), "--chroot");
     assert_eq!(status_field(&status, "Uid"), "65534 65534 65534 65534");
