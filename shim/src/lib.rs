@@ -16,6 +16,7 @@ pub mod kvm_probe;
 pub mod task;
 pub mod util;
 pub mod vm;
+pub mod vmm_api;
 pub mod vsock;
 
 /// Parent of every VM's state directory.

@@ -24,6 +24,7 @@ cargo build --quiet --release --locked -p hull-vmm --target x86_64-unknown-linux
     --manifest-path "$top/Cargo.toml"
 vmm="$top/target/x86_64-unknown-linux-musl/release/hull-vmm"
 probe="$top/target/x86_64-unknown-linux-musl/release/hull-vsock-probe"
+ctl="$top/target/x86_64-unknown-linux-musl/release/hull-vmm-ctl"
 
 busybox=${HULL_BUSYBOX:-/bin/busybox}
 if ! file "$busybox" 2>/dev/null | grep -q 'statically linked'; then
@@ -63,6 +64,7 @@ file /bin/busybox $busybox 0755 0 0
 file /init $here/init.sh 0755 0 0
 file /bin/hull-vmm $vmm 0755 0 0
 file /bin/hull-vsock-probe $probe 0755 0 0
+file /bin/hull-vmm-ctl $ctl 0755 0 0
 file /l2/vmlinux $HULL_KERNEL 0644 0 0
 file /l2/initramfs.cpio $HULL_INITRD 0644 0 0
 file /l2/test.cpio $out/l2-test.cpio 0644 0 0

@@ -249,6 +249,44 @@ check_garbage() {
     sed 's/[0-9][0-9]*/N/g' /tmp/garbage.vmm | sort | uniq -c | sort -rn | head -n 12 | sed 's/^/VMM-LOG| /'
 }
 
+# The control socket on the real guest: boot with --api-sock, wait for the agent, then
+# state, PSS of hull-vmm without guest RAM (smaps minus the memfd), pause/resume, metrics,
+# and shutdown, which must end hull-vmm with status 0 and remove the socket.
+check_api() {
+    rm -f /tmp/api.sock /tmp/api-v.sock*
+    RUST_LOG=info hull-vmm --kernel /l2/vmlinux --initrd /l2/initramfs.cpio \
+        --cmdline "$L2_CMDLINE" --vcpus 1 --memory-mib 128 --vsock-uds /tmp/api-v.sock \
+        --api-sock /tmp/api.sock --console /tmp/api.console 2>/tmp/api.vmm &
+    pid=$!
+    deadline=$(( $(now) + L2_TIMEOUT * 100 ))
+    booted=no
+    while [ "$(now)" -lt "$deadline" ] && kill -0 "$pid" 2>/dev/null; do
+        if grep -q 'filesystems mounted' /tmp/api.console 2>/dev/null; then booted=yes; break; fi
+        sleep 0.05
+    done
+    sleep 2
+    state=$(hull-vmm-ctl /tmp/api.sock state)
+    pss=$(awk '/^[0-9a-f]+-[0-9a-f]+ / { g = ($0 ~ /memfd:hull-guest-ram/) }
+        /^Pss:/ { t += $2; if (g) m += $2 } END { print t, m, t - m }' "/proc/$pid/smaps")
+    set -- $pss
+    p1=$(hull-vmm-ctl /tmp/api.sock pause); s1=$(hull-vmm-ctl /tmp/api.sock state)
+    r1=$(hull-vmm-ctl /tmp/api.sock resume); s2=$(hull-vmm-ctl /tmp/api.sock state)
+    metrics=$(hull-vmm-ctl /tmp/api.sock metrics)
+    stop=$(hull-vmm-ctl /tmp/api.sock shutdown)
+    i=0
+    while kill -0 "$pid" 2>/dev/null && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+    wait "$pid"
+    rc=$?
+    result=FAIL
+    case "$booted|$state|$s1|$s2|$stop|$rc" in
+        'yes|{"ok":true,"state":"running"'*'|{"ok":true,"state":"paused"'*'|{"ok":true,"state":"running"'*'|{"ok":true}|0')
+            [ -e /tmp/api.sock ] || result=ok ;;
+    esac
+    # code 159: killed by SIGSYS (a syscall off a seccomp list; the audit line names it).
+    say "api $result booted=$booted code=$rc seccomp=$(grep -c 'seccomp filters installed' /tmp/api.vmm) pss_total_kib=$1 pss_guest_ram_kib=$2 pss_vmm_kib=$3 state=$state paused=$s1 resumed=$s2 shutdown=$stop metrics=$metrics"
+    [ "$result" = ok ] || { echo "pause=$p1 resume=$r1"; dump /tmp/api.console L2; dump /tmp/api.vmm VMM; audit; }
+}
+
 checks=$(sed -n 's/.*hull\.checks=\([^ ]*\).*/\1/p' /proc/cmdline)
 for c in $(echo "$checks" | tr , ' '); do
     case "$c" in
@@ -260,6 +298,7 @@ for c in $(echo "$checks" | tr , ' '); do
         net) check_net ;;
         garbage) check_garbage ;;
         confined) check_confined ;;
+        api) check_api ;;
         *) say "$c FAIL unknown check" ;;
     esac
 done

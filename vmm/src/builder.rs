@@ -17,6 +17,7 @@ use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::ApiServer;
 use crate::arch::{self, BootInfo, LegacyDevices};
 use crate::config::TapSource;
 use crate::config::{ConsoleOutput, VmResources};
@@ -29,6 +30,7 @@ use crate::devices::virtio::vsock::{muxer::Muxer, Vsock, GUEST_CID};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Bus, BusDevice};
 use crate::memory::{self, MemoryError};
+use crate::metrics::Metrics;
 use crate::vstate::{ExitSignal, Vcpu, Vm};
 
 /// Errors of building a VM.
@@ -82,6 +84,14 @@ pub enum BuildError {
     /// The vsock host socket could not be bound.
     #[error("binding the vsock socket {path}: {source}")]
     VsockSocket {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The control socket could not be bound.
+    #[error("binding the control socket {path}: {source}")]
+    ApiSocket {
         /// The socket path.
         path: std::path::PathBuf,
         /// The underlying error.
@@ -200,12 +210,14 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
         .insert_str(&res.cmdline)
         .map_err(|e| BuildError::Cmdline(e.to_string()))?;
     let mut virtio: Vec<(u64, Arc<Mutex<dyn BusDevice>>)> = Vec::new();
+    let mut metrics = Metrics::default();
     if let Some(path) = &res.vsock_uds {
         let muxer = Muxer::new(path, GUEST_CID).map_err(|source| BuildError::VsockSocket {
             path: path.clone(),
             source,
         })?;
         let dev = Vsock::new(GUEST_CID, muxer).map_err(BuildError::EventFd)?;
+        metrics.vsock = Some(dev.metrics());
         virtio.push(add_virtio_device(
             &vm_fd,
             mem,
@@ -276,10 +288,12 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
     let exit = Arc::new(ExitSignal::new().map_err(BuildError::EventFd)?);
     let serial_irq =
         EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(BuildError::EventFd)?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
+    let serial_dev = SerialDevice::new(
         serial_irq.try_clone().map_err(BuildError::EventFd)?,
         console_writer(&res.console)?,
-    )));
+    );
+    metrics.console = Some(serial_dev.metrics());
+    let serial = Arc::new(Mutex::new(serial_dev));
     let (mut pio, mut mmio) = (Bus::new(), Bus::new());
     arch::register_devices(
         &vm_fd,
@@ -299,6 +313,18 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
             })?;
     }
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+
+    // Late: a client that can connect finds a VM about to run, and an earlier build error
+    // never creates the socket.
+    let api = match &res.api_sock {
+        None => None,
+        Some(path) => Some(
+            ApiServer::bind(path).map_err(|source| BuildError::ApiSocket {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+    };
 
     let template = arch::vcpu_template(&kvm, &vm_fd)?;
     let mut vcpus = Vec::with_capacity(usize::from(res.vcpus));
@@ -334,5 +360,7 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
         vm_fd,
         kvm,
         started,
+        api,
+        metrics,
     })
 }

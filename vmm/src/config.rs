@@ -90,6 +90,10 @@ pub struct Cli {
     /// device's `<uds>_<port>` connections then resolve inside it.
     #[arg(long, value_name = "DIR", requires = "uid")]
     pub chroot: Option<PathBuf>,
+    /// Control socket (unix stream, one JSON request per line: pause, resume, shutdown,
+    /// state, metrics); created at start, removed at exit. None without it.
+    #[arg(long = "api-sock")]
+    pub api_sock: Option<PathBuf>,
 }
 
 /// One virtio-blk disk.
@@ -179,6 +183,8 @@ pub struct VmResources {
     pub block: Vec<BlockConfig>,
     /// The virtio-net device, if any.
     pub net: Option<NetConfig>,
+    /// The control socket, if any.
+    pub api_sock: Option<PathBuf>,
 }
 
 /// Errors of validating the command line.
@@ -219,6 +225,9 @@ pub enum ConfigError {
     /// --mac without a network device.
     #[error("--mac needs --tap or --tap-fd")]
     MacWithoutTap,
+    /// The control socket path is empty or its directory does not exist.
+    #[error("--api-sock {0}: its directory does not exist")]
+    ApiSockPath(PathBuf),
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff` into a unicast MAC.
@@ -271,6 +280,16 @@ fn parse_net(cli: &Cli) -> Result<Option<NetConfig>, ConfigError> {
         None => crate::devices::virtio::net::DEFAULT_MAC,
     };
     Ok(Some(NetConfig { tap, mac }))
+}
+
+/// Whether `p` names a file in an existing directory (a socket hull-vmm can create).
+fn socket_path_ok(p: &Path) -> bool {
+    let dir = match p.parent() {
+        Some(d) if d.as_os_str().is_empty() => Path::new("."),
+        Some(d) => d,
+        None => return false,
+    };
+    p.file_name().is_some() && dir.is_dir()
 }
 
 fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
@@ -327,6 +346,11 @@ impl TryFrom<Cli> for VmResources {
             .map(|b| parse_block(b))
             .collect::<Result<Vec<_>, _>>()?;
         let net = parse_net(&cli)?;
+        if let Some(p) = &cli.api_sock {
+            if !socket_path_ok(p) {
+                return Err(ConfigError::ApiSockPath(p.clone()));
+            }
+        }
         Ok(VmResources {
             block,
             net,
@@ -339,6 +363,7 @@ impl TryFrom<Cli> for VmResources {
                 .console
                 .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
             vsock_uds: cli.vsock_uds,
+            api_sock: cli.api_sock,
         })
     }
 }
@@ -405,6 +430,21 @@ mod tests {
     }
 
     #[test]
+    fn api_socket_needs_an_existing_directory() {
+        let (_d, k, _i) = files();
+        let k = k.to_str().unwrap();
+        for bad in ["/nonexistent/dir/api.sock", "/"] {
+            let err = VmResources::try_from(parse(&["--kernel", k, "--api-sock", bad]).unwrap())
+                .unwrap_err();
+            assert_eq!(err, ConfigError::ApiSockPath(bad.into()));
+        }
+        let r =
+            VmResources::try_from(parse(&["--kernel", k, "--api-sock", "/tmp/a.sock"]).unwrap())
+                .unwrap();
+        assert_eq!(r.api_sock, Some("/tmp/a.sock".into()));
+    }
+
+    #[test]
     fn defaults_are_one_vcpu_256_mib_stdout_and_a_quiet_console() {
         let (_d, k, _i) = files();
         let r = VmResources::try_from(parse(&["--kernel", k.to_str().unwrap()]).unwrap()).unwrap();
@@ -414,6 +454,7 @@ mod tests {
         assert_eq!(r.initrd, None);
         assert!(r.cmdline.contains("reboot=t"));
         assert_eq!(r.vsock_uds, None);
+        assert_eq!(r.api_sock, None);
     }
 
     #[test]

@@ -17,13 +17,18 @@
 //! hull-vmm started as root can become an unprivileged user once the VM is built
 //! ([`privileges`], `--uid`/`--gid`).
 //!
-//! Not here yet: virtio-fs, the control socket, bzImage boot. Each is tracked in issue 3.
+//! The control socket ([`api`], `--api-sock`) pauses, resumes, stops and inspects the running
+//! VM; the counters it reports are kept in [`metrics`].
+//!
+//! Not here yet: virtio-fs, bzImage boot. Each is tracked in issue 3.
 
+pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod memory;
+pub mod metrics;
 pub mod privileges;
 pub mod seccomp;
 pub mod vstate;

@@ -16,7 +16,8 @@
 //! connects to `<uds>_<port>` when the guest asks) resolves inside `DIR`. The vsock socket
 //! must then lie inside `DIR`: [`Chroot::prepare`] makes every input path absolute, moves
 //! to `DIR` and hands the builder the socket's path relative to it, which names the same
-//! file before the chroot (bind) and after it (connect).
+//! file before the chroot (bind) and after it (connect). The control socket (`--api-sock`)
+//! likewise: it is bound before the chroot and removed at exit, after it.
 //!
 //! Not here: a mount or user namespace, capabilities other than by the uid change (a change
 //! from uid 0 to another uid clears them all). The `<uds>_<port>` listeners must accept the
@@ -70,6 +71,15 @@ pub enum PrivilegeError {
     /// The vsock socket would not be reachable from inside the chroot.
     #[error("--vsock-uds {path} is not inside --chroot {dir}")]
     VsockOutsideChroot {
+        /// The socket path.
+        path: PathBuf,
+        /// The chroot directory.
+        dir: PathBuf,
+    },
+    /// The control socket would not be reachable from inside the chroot (hull-vmm removes
+    /// it at exit, after the chroot).
+    #[error("--api-sock {path} is not inside --chroot {dir}")]
+    ApiSockOutsideChroot {
         /// The socket path.
         path: PathBuf,
         /// The chroot directory.
@@ -154,6 +164,33 @@ fn verify(id: Identity) -> Result<(), PrivilegeError> {
     Ok(())
 }
 
+/// `socket`'s path relative to `dir` (whose canonical form is `canonical`); `outside` if it
+/// does not lie inside.
+fn relative_to(
+    dir: &Path,
+    canonical: &Path,
+    socket: &Path,
+    outside: PrivilegeError,
+) -> Result<PathBuf, PrivilegeError> {
+    let parent = match socket.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(name) = socket.file_name() else {
+        return Err(outside);
+    };
+    let parent = parent
+        .canonicalize()
+        .map_err(|source| PrivilegeError::PrepareChroot {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    match parent.strip_prefix(canonical) {
+        Ok(relative) => Ok(relative.join(name)),
+        Err(_) => Err(outside),
+    }
+}
+
 /// A chroot prepared before the build and entered after it.
 #[derive(Debug)]
 pub struct Chroot {
@@ -162,8 +199,8 @@ pub struct Chroot {
 
 impl Chroot {
     /// Makes every path in `res` work from inside `dir`: kernel, initrd and console become
-    /// absolute (they are opened before the chroot), the vsock socket becomes relative to
-    /// `dir` (it must lie inside it), and the working directory becomes `dir`.
+    /// absolute (they are opened before the chroot), the vsock and control sockets become
+    /// relative to `dir` (they must lie inside it), and the working directory becomes `dir`.
     pub fn prepare(dir: &Path, res: &mut VmResources) -> Result<Self, PrivilegeError> {
         let io = |source| PrivilegeError::PrepareChroot {
             dir: dir.to_path_buf(),
@@ -178,18 +215,18 @@ impl Chroot {
             *p = std::path::absolute(&*p).map_err(io)?;
         }
         if let Some(uds) = &mut res.vsock_uds {
-            let outside = || PrivilegeError::VsockOutsideChroot {
+            let outside = PrivilegeError::VsockOutsideChroot {
                 path: uds.clone(),
                 dir: dir.to_path_buf(),
             };
-            let parent = match uds.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
+            *uds = relative_to(dir, &canonical, uds, outside)?;
+        }
+        if let Some(api) = &mut res.api_sock {
+            let outside = PrivilegeError::ApiSockOutsideChroot {
+                path: api.clone(),
+                dir: dir.to_path_buf(),
             };
-            let name = uds.file_name().ok_or_else(outside)?.to_owned();
-            let parent = parent.canonicalize().map_err(io)?;
-            let relative = parent.strip_prefix(&canonical).map_err(|_| outside())?;
-            *uds = relative.join(name);
+            *api = relative_to(dir, &canonical, api, outside)?;
         }
         std::env::set_current_dir(&canonical).map_err(io)?;
         Ok(Chroot { dir: canonical })
@@ -229,6 +266,7 @@ mod tests {
         r.initrd = Some("initrd".into());
         r.console = ConsoleOutput::File("console.log".into());
         r.vsock_uds = Some(dir.join("pod/v.sock"));
+        r.api_sock = Some(dir.join("pod/api.sock"));
         r
     }
 
@@ -247,6 +285,7 @@ mod tests {
         assert_eq!(res.initrd, Some(before.join("initrd")));
         assert_eq!(res.console, ConsoleOutput::File(before.join("console.log")));
         assert_eq!(res.vsock_uds, Some(PathBuf::from("pod/v.sock")));
+        assert_eq!(res.api_sock, Some(PathBuf::from("pod/api.sock")));
         assert_eq!(c.dir, now);
 
         let other = tempfile::tempdir().unwrap();
@@ -255,6 +294,16 @@ mod tests {
         let err = Chroot::prepare(dir.path(), &mut res).unwrap_err();
         assert!(
             matches!(err, PrivilegeError::VsockOutsideChroot { .. }),
+            "{err}"
+        );
+        assert_eq!(std::env::current_dir().unwrap(), before);
+
+        // The control socket must lie inside too (it is removed after the chroot).
+        let mut res = resources(dir.path());
+        res.api_sock = Some(other.path().join("pod/api.sock"));
+        let err = Chroot::prepare(dir.path(), &mut res).unwrap_err();
+        assert!(
+            matches!(err, PrivilegeError::ApiSockOutsideChroot { .. }),
             "{err}"
         );
         assert_eq!(std::env::current_dir().unwrap(), before);

@@ -80,6 +80,7 @@ fn resources(dir: &Path, pvh: bool) -> VmResources {
         vsock_uds: None,
         block: vec![],
         net: None,
+        api_sock: None,
     }
 }
 

@@ -42,6 +42,7 @@ fn seccomp_child() {
         "vcpu" => ThreadKind::Vcpu,
         "device" => ThreadKind::Device,
         "spawner" => ThreadKind::Spawner,
+        "signals" => ThreadKind::Signals,
         other => panic!("unknown thread kind {other}"),
     };
     let filters = Filters::with_mode(mode).expect("compiling hull-vmm's filters");
@@ -95,6 +96,8 @@ fn a_syscall_outside_the_list_kills_the_process_by_sigsys() {
         "device:socket-inet",
         "device:execve",
         "spawner:openat",
+        "signals:socket-unix",
+        "signals:ioctl-tcgets",
     ] {
         let (status, out) = run_child(spec);
         assert!(
@@ -120,7 +123,7 @@ fn a_syscall_outside_the_list_kills_the_process_by_sigsys() {
     );
     assert!(!out.contains("survived"), "{out}");
     // The filters are allowlists, not walls: listed calls, with listed arguments, pass.
-    for spec in ["vmm:getpid", "device:socket-unix"] {
+    for spec in ["vmm:getpid", "device:socket-unix", "signals:getpid"] {
         let (status, out) = run_child(spec);
         assert!(out.contains("survived"), "{spec}: {status:?} {out}");
         assert!(status.success(), "{spec}: {status:?} {out}");
@@ -571,6 +574,12 @@ fn hull_vmm_runs_the_guest_as_nobody_in_a_chroot_with_every_thread_filtered() {
     code.serial(b"UP\n").halt();
     let kernel = write_kernel(dir.path(), &code.0);
     let console = dir.path().join("console");
+    // The control socket lies inside the chroot, in a directory user nobody may write to (so
+    // hull-vmm can remove it at exit: after the chroot, as nobody, under its filter).
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let api_sock = run.join("api.sock");
     let mut child = hull_vmm()
         .arg("--kernel")
         .arg(&kernel)
@@ -588,6 +597,8 @@ fn hull_vmm_runs_the_guest_as_nobody_in_a_chroot_with_every_thread_filtered() {
         .arg(dir.path())
         .arg("--console")
         .arg(&console)
+        .arg("--api-sock")
+        .arg(&api_sock)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -617,8 +628,33 @@ fn hull_vmm_runs_the_guest_as_nobody_in_a_chroot_with_every_thread_filtered() {
             threads.push((name, status_field(&s, "Seccomp")));
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(api_sock.exists(), "the control socket was not created");
+    // SIGTERM ends it in order (the watcher thread under its own filter), status 0, and the
+    // socket is removed from inside the chroot.
+    // SAFETY: kill(2) to our own child's pid (not yet reaped), a valid signal.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let stopped = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if stopped.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("hull-vmm ignored SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(exit.success(), "{exit:?}: {stderr}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    assert!(!api_sock.exists(), "the control socket was left: {stderr}");
     eprintln!("hull-vmm as nobody: threads {threads:?}");
     assert_eq!(root, dir.path().canonicalize().unwrap(), "--chroot");
     assert_eq!(status_field(&status, "Uid"), "65534 65534 65534 65534");
@@ -632,11 +668,12 @@ fn hull_vmm_runs_the_guest_as_nobody_in_a_chroot_with_every_thread_filtered() {
     );
     assert_eq!(status_field(&status, "CapEff"), "0000000000000000");
     assert_eq!(status_field(&status, "NoNewPrivs"), "1");
-    // Every thread (VMM, two vCPUs, the device spawner) is in seccomp filter mode (2).
-    assert_eq!(threads.len(), 4, "{threads:?}");
+    // Every thread (VMM, two vCPUs, the device spawner, the SIGTERM watcher) is in seccomp
+    // filter mode (2).
+    assert_eq!(threads.len(), 5, "{threads:?}");
     assert!(threads.iter().all(|(_, mode)| mode == "2"), "{threads:?}");
     let names: Vec<&str> = threads.iter().map(|t| t.0.as_str()).collect();
-    for want in ["vcpu0", "vcpu1", "dev-spawner"] {
+    for want in ["vcpu0", "vcpu1", "dev-spawner", "signals"] {
         assert!(names.contains(&want), "{names:?}");
     }
 }

@@ -1,10 +1,18 @@
 //! `hull bench`: measurements for people, not tests (nothing here asserts a target).
 //!
 //! Every figure is measured on the machine it runs on, next to its reference in the same
-//! run (runc for `ctr run`); the report says which accelerator the guest used, because a
-//! TCG figure is not a KVM one.
+//! run (runc for `ctr run`, QEMU for hull-vmm); the report says which accelerator the guest
+//! used, because a TCG figure is not a KVM one.
+//!
+//! - [`ctr`]: `ctr run --rm` with hull vs runc, and the PSS of a running pod's processes.
+//! - [`vmm`]: what one hull-vmm costs the host (CPU and wall time to the first `KVM_RUN`,
+//!   PSS without guest RAM), beside QEMU.
+//!
+//! The helpers both share live here: PSS from smaps with the guest RAM (memfd mappings)
+//! apart ([`pss`]), and [`median`]. Not here: `hull bench boot` (still in the CLI).
 
 pub mod ctr;
+pub mod vmm;
 
 use std::path::Path;
 
@@ -15,7 +23,8 @@ use serde::Serialize;
 pub struct Pss {
     /// All of it, KiB.
     pub total_kib: u64,
-    /// The part in shared-memory (memfd) mappings: for a VMM, the guest RAM it touched.
+    /// The part in shared-memory (memfd) mappings: for a VMM, the guest RAM it touched
+    /// (hull-vmm's `memfd:hull-guest-ram`, QEMU's `memory-backend-memfd`).
     pub memfd_kib: u64,
 }
 
@@ -49,7 +58,7 @@ pub fn parse_smaps(text: &str) -> Pss {
         } else if line
             .split_whitespace()
             .next()
-            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+            .is_some_and(is_mapping_header)
         {
             // A mapping header: "start-end perms offset dev inode [path]".
             in_memfd = line
@@ -61,7 +70,14 @@ pub fn parse_smaps(text: &str) -> Pss {
     pss
 }
 
-/// Median of a non-empty list.
+/// `start-end` in hex: the first field of a mapping's header line.
+fn is_mapping_header(field: &str) -> bool {
+    field.split_once('-').is_some_and(|(a, b)| {
+        !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_hexdigit())
+    })
+}
+
+/// Median of a list (NaN when it is empty).
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -98,6 +114,19 @@ Pss:                  12 kB
             }
         );
         assert_eq!(p.own_kib(), 312);
+        // An anonymous mapping (no path) after the memfd one is not guest RAM.
+        let anon = "7f0000000000-7f0010000000 rw-s 00000000 00:01 5678 /memfd:hull-guest-ram\n\
+                    Pss: 100 kB\n7f0010000000-7f0010021000 rw-p 00000000 00:00 0 \nPss: 12 kB\n";
+        assert_eq!(
+            parse_smaps(anon),
+            Pss {
+                total_kib: 112,
+                memfd_kib: 100
+            }
+        );
+        assert_eq!(parse_smaps(""), Pss::default());
+        // Garbage lines are ignored, not a panic.
+        assert_eq!(parse_smaps("Pss: x kB\nzz-yy\n-\n").total_kib, 0);
     }
 
     #[test]
@@ -110,5 +139,6 @@ Pss:                  12 kB
     fn median_of_odd_and_even_lists() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
     }
 }

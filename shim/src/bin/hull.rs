@@ -4,6 +4,7 @@
 //! * `hull boot` — boot one microVM, print what its agent reports, shut it down.
 //! * `hull bench boot` — launch → agent `Check` answered, over N sequential boots.
 //! * `hull bench ctr` — `ctr run --rm` with hull vs runc, and PSS per running pod.
+//! * `hull bench vmm` — hull-vmm's CPU/wall time to the first `KVM_RUN` and PSS, beside QEMU.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +89,8 @@ enum Bench {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// hull-vmm: exec -> first KVM_RUN (wall, CPU), PSS without guest RAM; QEMU beside it.
+    Vmm(hull_shim::bench::vmm::VmmBenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -266,14 +269,6 @@ struct BootBench {
     max_ms: f64,
 }
 
-fn median(sorted: &[f64]) -> f64 {
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
 async fn cmd_bench_boot(args: VmArgs, count: usize, json: Option<PathBuf>) -> Result<()> {
     if count == 0 {
         bail!("--count must be at least 1");
@@ -296,7 +291,7 @@ async fn cmd_bench_boot(args: VmArgs, count: usize, json: Option<PathBuf>) -> Re
         backend: choice.backend,
         accel: choice.accel,
         boots: count,
-        median_ms: median(&sorted),
+        median_ms: hull_shim::bench::median(&sorted),
         min_ms: sorted[0],
         max_ms: sorted[sorted.len() - 1],
         launch_to_check_ms: times,
@@ -411,6 +406,9 @@ async fn main() -> ExitCode {
             };
             cmd_bench_ctr(bench, json, config).await
         }
+        Command::Bench {
+            what: Bench::Vmm(args),
+        } => hull_shim::bench::vmm::cli(&args).await.map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,11 +6,13 @@
 //! console quiet (`quiet` on the kernel command line).
 
 use std::io::Write;
+use std::sync::Arc;
 
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::BusDevice;
+use crate::metrics::{self, ConsoleMetrics};
 
 /// An interrupt line backed by an eventfd registered with KVM as an irqfd.
 #[derive(Debug)]
@@ -27,9 +29,28 @@ impl Trigger for EventFdTrigger {
 /// The console's destination.
 pub type ConsoleWriter = Box<dyn Write + Send>;
 
+/// Passes console output on and counts the bytes that got through.
+struct Counting {
+    out: ConsoleWriter,
+    metrics: Arc<ConsoleMetrics>,
+}
+
+impl Write for Counting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        metrics::add(&self.metrics.bytes, n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// The 8250 UART at one port range.
 pub struct SerialDevice {
     serial: Serial<EventFdTrigger, vm_superio::serial::NoEvents, ConsoleWriter>,
+    metrics: Arc<ConsoleMetrics>,
 }
 
 impl std::fmt::Debug for SerialDevice {
@@ -41,9 +62,20 @@ impl std::fmt::Debug for SerialDevice {
 impl SerialDevice {
     /// A UART that raises `irq` and writes to `out`.
     pub fn new(irq: EventFd, out: ConsoleWriter) -> Self {
+        let metrics = Arc::<ConsoleMetrics>::default();
+        let out = Box::new(Counting {
+            out,
+            metrics: metrics.clone(),
+        });
         SerialDevice {
             serial: Serial::new(EventFdTrigger(irq), out),
+            metrics,
         }
+    }
+
+    /// The console's byte counter.
+    pub fn metrics(&self) -> Arc<ConsoleMetrics> {
+        self.metrics.clone()
     }
 
     /// Flushes buffered console output.
@@ -74,7 +106,7 @@ impl BusDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -99,6 +131,12 @@ mod tests {
             dev.write(0, &[*b]);
         }
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+        assert_eq!(
+            dev.metrics()
+                .bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
         assert!(irq.read().unwrap() >= 1);
         // LSR says the transmitter is empty: the guest driver never waits.
         let mut lsr = [0u8];

@@ -120,13 +120,60 @@ pub const COMMON: &[Allowed] = &[
     Allowed::any(libc::SYS_tgkill, "tgkill", "abort() raising SIGABRT"),
 ];
 
-/// The VMM (main) thread once the vCPUs run: it waits for the VM's end, flushes the console,
+/// The VMM (main) thread once the vCPUs run: it waits for the VM's end (serving the control
+/// socket, `--api-sock`, meanwhile), pauses and stops the vCPUs, flushes the console,
 /// reports, and exits. It opens nothing and touches no KVM fd.
 pub const VMM: &[Allowed] = &[
     Allowed::any(
         libc::SYS_read,
         "read",
         "the exit eventfd (ExitSignal::wait)",
+    ),
+    Allowed::any(
+        libc::SYS_tgkill,
+        "tgkill",
+        "pause/stop: pthread_kill kicks a vCPU thread out of KVM_RUN (glibc)",
+    ),
+    Allowed::any(
+        libc::SYS_tkill,
+        "tkill",
+        "pause/stop: musl's pthread_kill kicks a vCPU thread with tkill (found in the nested run)",
+    ),
+    Allowed::any(
+        libc::SYS_epoll_pwait,
+        "epoll_pwait",
+        "the control socket's event loop (musl; aarch64)",
+    ),
+    Allowed::any(
+        libc::SYS_epoll_ctl,
+        "epoll_ctl",
+        "the control socket: watching the exit eventfd and clients, forgetting clients",
+    ),
+    Allowed::any(
+        libc::SYS_accept4,
+        "accept4",
+        "the control socket: a client connects",
+    ),
+    Allowed::any(
+        libc::SYS_recvfrom,
+        "recvfrom",
+        "the control socket: std reads a client's requests with recv()",
+    ),
+    Allowed::any(
+        libc::SYS_sendto,
+        "sendto",
+        "the control socket: std writes replies with send(MSG_NOSIGNAL)",
+    ),
+    Allowed::args(
+        libc::SYS_ioctl,
+        "ioctl",
+        ArgRule::In {
+            index: 1,
+            values: &[(
+                FIONBIO,
+                "FIONBIO: the control socket makes an accepted client non-blocking",
+            )],
+        },
     ),
     Allowed::any(
         libc::SYS_fstat,
@@ -142,19 +189,48 @@ pub const VMM: &[Allowed] = &[
 
 /// The VMM thread's entries whose syscall differs between architectures.
 #[cfg(target_arch = "x86_64")]
-pub const VMM_ARCH: &[Allowed] = &[Allowed::any(
-    libc::SYS_readlink,
-    "readlink",
-    "the debug log formats fds with {:?} (std reads /proc/self/fd/N)",
-)];
+pub const VMM_ARCH: &[Allowed] = &[
+    Allowed::any(
+        libc::SYS_readlink,
+        "readlink",
+        "the debug log formats fds with {:?} (std reads /proc/self/fd/N)",
+    ),
+    Allowed::any(
+        libc::SYS_epoll_wait,
+        "epoll_wait",
+        "the control socket's event loop (glibc on x86_64)",
+    ),
+    Allowed::any(
+        libc::SYS_unlink,
+        "unlink",
+        "the control socket at exit: removing its file (if still ours)",
+    ),
+    Allowed::any(
+        libc::SYS_lstat,
+        "lstat",
+        "the control socket at exit: lstat, to remove only our own socket (musl; glibc uses statx)",
+    ),
+];
 
 /// The VMM thread's entries whose syscall differs between architectures.
 #[cfg(target_arch = "aarch64")]
-pub const VMM_ARCH: &[Allowed] = &[Allowed::any(
-    libc::SYS_readlinkat,
-    "readlinkat",
-    "the debug log formats fds with {:?} (std reads /proc/self/fd/N)",
-)];
+pub const VMM_ARCH: &[Allowed] = &[
+    Allowed::any(
+        libc::SYS_readlinkat,
+        "readlinkat",
+        "the debug log formats fds with {:?} (std reads /proc/self/fd/N)",
+    ),
+    Allowed::any(
+        libc::SYS_unlinkat,
+        "unlinkat",
+        "the control socket at exit: removing its file (if still ours)",
+    ),
+    Allowed::any(
+        libc::SYS_newfstatat,
+        "newfstatat",
+        "the control socket at exit: lstat, to remove only our own socket (musl's fstatat)",
+    ),
+];
 
 /// A vCPU thread: `KVM_RUN` and the device emulation it does inline (port I/O and MMIO
 /// exits run the device models on this thread), including activating a virtio device when
@@ -190,7 +266,20 @@ pub const VCPU: &[Allowed] = &[
         "epoll_ctl",
         "virtio activation: the worker registers its queue events",
     ),
+    Allowed::any(
+        libc::SYS_rt_sigreturn,
+        "rt_sigreturn",
+        "returning from the kick handler (pause/stop set immediate_exit)",
+    ),
 ];
+
+/// The signal watcher: it waits for SIGTERM/SIGINT (blocked in every thread) and raises the
+/// VM's exit signal (a mutex and an eventfd write, both in [`COMMON`]).
+pub const SIGNALS: &[Allowed] = &[Allowed::any(
+    libc::SYS_rt_sigtimedwait,
+    "rt_sigtimedwait",
+    "sigwait() for SIGTERM/SIGINT",
+)];
 
 /// A virtio device thread: vsock's worker (an epoll loop over queue eventfds and the
 /// muxer's unix sockets), blk's (poll on its queue eventfd, blocking I/O on the image

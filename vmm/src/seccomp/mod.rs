@@ -1,6 +1,6 @@
 //! Per-thread seccomp allowlists for hull-vmm, compiled with rust-vmm's `seccompiler`.
 //!
-//! hull-vmm runs four kinds of thread, and each installs its own filter before it does the
+//! hull-vmm runs five kinds of thread, and each installs its own filter before it does the
 //! work the guest can reach:
 //!
 //! | thread | installs its filter | then | list |
@@ -9,9 +9,11 @@
 //! | vCPU | at its start, before its first `KVM_RUN` | `KVM_RUN` loop, port I/O and MMIO device emulation, virtio activation | [`ThreadKind::Vcpu`] |
 //! | device spawner | at its start, before the vCPUs run | creates virtio device threads | [`ThreadKind::Spawner`] |
 //! | device (e.g. vsock) | first thing in the new thread | the device's event loop | [`ThreadKind::Device`] |
+//! | signal watcher | first thing in the new thread, before the vCPUs run | `sigwait` for SIGTERM/SIGINT, then raises the VM's end ([`crate::vstate::term`]) | [`ThreadKind::Signals`] |
 //!
 //! Guest code runs only once every filter is in place: the vCPU threads wait on a barrier
-//! that the VMM thread joins after installing its own (see [`crate::vstate::Vm::run_sandboxed`]).
+//! that the VMM thread joins after installing its own (see [`crate::vstate::Vm::run_sandboxed`]),
+//! and the signal watcher is started (by `main`) and filtered before that.
 //!
 //! A thread inherits the filters of the thread that created it and can only narrow them.
 //! Virtio devices are activated on a vCPU thread (the driver's DRIVER_OK write), so a device
@@ -29,8 +31,12 @@
 //! tested; aarch64's are the same with its syscall names, compiled but not yet run (its VMM
 //! is not written either). Other architectures have none ([`Filters::new`] says so).
 //!
-//! Not here: dropping privileges ([`crate::privileges`]), a filter for the future control
-//! socket or other event loops (their syscalls must be added to the VMM list).
+//! The control socket ([`crate::api`]) is served by the VMM thread's event loop, so its
+//! syscalls (epoll, accept4, recv/send, removing the socket at exit) are in the VMM list;
+//! pausing and stopping kick vCPUs with a signal (`tgkill` on the VMM thread, `rt_sigreturn`
+//! on the vCPU's).
+//!
+//! Not here: dropping privileges ([`crate::privileges`]).
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub mod lists;
@@ -100,15 +106,18 @@ pub enum ThreadKind {
     Spawner,
     /// A virtio device's worker thread.
     Device,
+    /// The thread that waits for SIGTERM/SIGINT.
+    Signals,
 }
 
 impl ThreadKind {
     /// Every kind, in the order of the table above.
-    pub const ALL: [ThreadKind; 4] = [
+    pub const ALL: [ThreadKind; 5] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::Spawner,
         ThreadKind::Device,
+        ThreadKind::Signals,
     ];
 }
 
@@ -119,6 +128,7 @@ impl std::fmt::Display for ThreadKind {
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::Spawner => "device-spawner",
             ThreadKind::Device => "device",
+            ThreadKind::Signals => "signal-watcher",
         })
     }
 }
@@ -194,6 +204,7 @@ pub fn allowlist(kind: ThreadKind) -> Vec<Allowed> {
         ThreadKind::Device => &[COMMON, DEVICE, DEVICE_ARCH],
         // A device thread starts under the spawner's filter: it holds the device list too.
         ThreadKind::Spawner => &[COMMON, DEVICE, DEVICE_ARCH, SPAWN],
+        ThreadKind::Signals => &[COMMON, SIGNALS],
     };
     parts.iter().flat_map(|l| l.iter().copied()).collect()
 }
@@ -285,7 +296,7 @@ fn arch() -> Result<seccompiler::TargetArch, SeccompError> {
 /// The compiled filters of every thread kind.
 #[derive(Debug, Clone)]
 pub struct Filters {
-    programs: [BpfProgram; 4],
+    programs: [BpfProgram; 5],
     /// The spawner's second filter: `clone3` fails with ENOSYS (libc then uses `clone`).
     no_clone3: BpfProgram,
 }
@@ -307,7 +318,7 @@ impl Filters {
                 SeccompAction::Trap
             }
         };
-        let mut programs: [BpfProgram; 4] = Default::default();
+        let mut programs: [BpfProgram; 5] = Default::default();
         for (p, kind) in programs.iter_mut().zip(ThreadKind::ALL) {
             *p = compile(kind, &allowlist(kind), otherwise.clone())?;
         }

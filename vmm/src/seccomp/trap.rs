@@ -42,6 +42,7 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         Some(ThreadKind::Vcpu) => b"vCPU",
         Some(ThreadKind::Spawner) => b"device-spawner",
         Some(ThreadKind::Device) => b"device",
+        Some(ThreadKind::Signals) => b"signal-watcher",
         None => b"unknown",
     };
     let mut msg = [0u8; 128];

@@ -1,5 +1,6 @@
 //! How a VM ends: the first reason reported wins and wakes the VMM thread.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -18,6 +19,11 @@ pub enum ExitReason {
         /// How it did.
         cause: String,
     },
+    /// The VMM's owner stopped the VM (the control socket's `shutdown`).
+    Stopped {
+        /// Who stopped it.
+        by: String,
+    },
     /// A vCPU failed in a way the VM cannot survive.
     VcpuError {
         /// The vCPU.
@@ -28,10 +34,13 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
-    /// The process exit code for this reason: 0 when the guest ended itself, 1 on an error.
+    /// The process exit code for this reason: 0 when the guest ended itself or was stopped
+    /// as asked, 1 on an error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ExitReason::Reset { .. } | ExitReason::PowerOff { .. } => 0,
+            ExitReason::Reset { .. } | ExitReason::PowerOff { .. } | ExitReason::Stopped { .. } => {
+                0
+            }
             ExitReason::VcpuError { .. } => 1,
         }
     }
@@ -42,6 +51,7 @@ impl std::fmt::Display for ExitReason {
         match self {
             ExitReason::Reset { cause } => write!(f, "guest reset ({cause})"),
             ExitReason::PowerOff { cause } => write!(f, "guest powered off ({cause})"),
+            ExitReason::Stopped { by } => write!(f, "stopped by {by}"),
             ExitReason::VcpuError { index, message } => write!(f, "vCPU {index} failed: {message}"),
         }
     }
@@ -94,6 +104,14 @@ impl ExitSignal {
             }
             self.evt.read()?;
         }
+    }
+}
+
+/// The eventfd that becomes readable once a reason is reported (for an event loop; only
+/// [`ExitSignal::wait`] reads it).
+impl AsRawFd for ExitSignal {
+    fn as_raw_fd(&self) -> RawFd {
+        self.evt.as_raw_fd()
     }
 }
 

@@ -17,6 +17,7 @@ use super::muxer::Muxer;
 use super::packet;
 use crate::devices::virtio::guest_errors::{pop_chain, GuestErrors};
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::metrics::{self, VsockMetrics};
 
 /// The virtio device id of vsock.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -35,6 +36,7 @@ pub struct Vsock {
     cid: u64,
     queue_events: Vec<EventFd>,
     muxer: Option<Muxer>,
+    metrics: Arc<VsockMetrics>,
 }
 
 impl Vsock {
@@ -47,7 +49,13 @@ impl Vsock {
             cid,
             queue_events,
             muxer: Some(muxer),
+            metrics: Arc::default(),
         })
+    }
+
+    /// The device's traffic counters.
+    pub fn metrics(&self) -> Arc<VsockMetrics> {
+        self.metrics.clone()
     }
 }
 
@@ -96,6 +104,7 @@ impl VirtioDevice for Vsock {
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(ActivateError::Spawn)?;
         let mut worker = Worker::new(mem, queues, interrupt, muxer, events)?;
+        worker.metrics = self.metrics.clone();
         // Through the spawner, so that the thread runs under the device filter only.
         crate::seccomp::spawn_device_thread("vsock", move || worker.run())
             .map_err(ActivateError::Spawn)?;
@@ -112,6 +121,7 @@ pub struct Worker {
     muxer: Muxer,
     events: Vec<EventFd>,
     errors: GuestErrors,
+    metrics: Arc<VsockMetrics>,
 }
 
 impl Worker {
@@ -144,6 +154,7 @@ impl Worker {
             muxer,
             events,
             errors: GuestErrors::new("vsock"),
+            metrics: Arc::default(),
         })
     }
 
@@ -205,8 +216,15 @@ impl Worker {
             };
             let head = chain.head_index();
             match packet::read_tx(&self.mem, chain) {
-                Ok((hdr, data)) => self.muxer.handle_tx(&hdr, &data),
-                Err(e) => log::debug!("vsock: dropped a TX packet: {e}"),
+                Ok((hdr, data)) => {
+                    metrics::add(&self.metrics.tx_packets, 1);
+                    metrics::add(&self.metrics.tx_bytes, data.len() as u64);
+                    self.muxer.handle_tx(&hdr, &data)
+                }
+                Err(e) => {
+                    metrics::add(&self.metrics.tx_dropped, 1);
+                    log::debug!("vsock: dropped a TX packet: {e}")
+                }
             }
             if let Err(e) = self.queues[TXQ].add_used(&self.mem, head, 0) {
                 self.errors
@@ -236,7 +254,11 @@ impl Worker {
                         break;
                     }
                     Some((hdr, data)) => match packet::write_rx(&self.mem, chain, hdr, &data) {
-                        Ok(n) => n,
+                        Ok(n) => {
+                            metrics::add(&self.metrics.rx_packets, 1);
+                            metrics::add(&self.metrics.rx_bytes, data.len() as u64);
+                            n
+                        }
                         Err(e) => {
                             log::warn!("vsock: writing an RX packet: {e}");
                             0
@@ -443,5 +465,12 @@ mod tests {
             (op::RESPONSE, 1025, 700, 3)
         );
         assert_eq!(w.muxer().connections(), 1);
+        let c = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let m = &w.metrics;
+        assert_eq!(
+            (c(&m.tx_packets), c(&m.tx_bytes), c(&m.tx_dropped)),
+            (2, 6, 1)
+        );
+        assert_eq!((c(&m.rx_packets), c(&m.rx_bytes)), (1, 0), "the RESPONSE");
     }
 }
