@@ -78,6 +78,7 @@ fn resources(dir: &Path, pvh: bool) -> VmResources {
         memory_bytes: 64 << 20,
         console: ConsoleOutput::File(dir.join("console.log")),
         vsock_uds: None,
+        fs: vec![],
     }
 }
 

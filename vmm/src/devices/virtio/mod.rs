@@ -10,6 +10,7 @@
 //! Not here: packed queues, device reset after activation (the driver's reset is logged and
 //! the device keeps running), PCI.
 
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 
@@ -40,6 +41,9 @@ pub enum ActivateError {
     /// The device was activated twice.
     #[error("the device is already active")]
     AlreadyActive,
+    /// The device's out-of-process backend (vhost-user) refused or failed a request.
+    #[error("the vhost-user backend: {0}")]
+    Backend(String),
 }
 
 /// A device's interrupt line: the MMIO InterruptStatus bits and the irqfd KVM injects.
