@@ -31,6 +31,26 @@ fi
 
 out="$top/target/nested"
 mkdir -p "$out"
+
+# virtiofs check: virtiofsd (dynamically linked; its libraries come along) and an L2
+# busybox initramfs whose /init mounts the share.
+# shellcheck source=l2-initramfs.sh
+source "$here/l2-initramfs.sh"
+l2_shell_initramfs "$kdir/gen_init_cpio" "$busybox" "$here/l2-virtiofs-init.sh" "$out/l2-virtiofs.cpio"
+virtiofsd=$(command -v "${HULL_VIRTIOFSD:-virtiofsd}" || true)
+[ -n "$virtiofsd" ] || { log "virtiofsd not found (cargo install virtiofsd)"; exit 1; }
+virtiofsd_files() {
+    echo "file /bin/virtiofsd $(readlink -f "$virtiofsd") 0755 0 0"
+    local lib dirs=""
+    for lib in $(ldd "$virtiofsd" | grep -o '/[^ ]*'); do
+        local d="" part
+        for part in $(dirname "$lib" | tr / ' '); do  # every ancestor, parents first
+            d="$d/$part"
+            case " $dirs " in *" $d "*) ;; *) dirs="$dirs $d"; echo "dir $d 0755 0 0" ;; esac
+        done
+        echo "file $lib $(readlink -f "$lib") 0755 0 0"
+    done
+}
 cat >"$out/l1.list" <<LIST
 dir /dev 0755 0 0
 nod /dev/console 0600 0 0 c 5 1
@@ -45,7 +65,9 @@ file /bin/hull-vmm $vmm 0755 0 0
 file /bin/hull-vsock-probe $probe 0755 0 0
 file /l2/vmlinux $HULL_KERNEL 0644 0 0
 file /l2/initramfs.cpio $HULL_INITRD 0644 0 0
+file /l2/virtiofs.cpio $out/l2-virtiofs.cpio 0644 0 0
 LIST
+virtiofsd_files >>"$out/l1.list"
 "$kdir/gen_init_cpio" "$out/l1.list" >"$out/l1-initramfs.cpio.tmp"
 mv "$out/l1-initramfs.cpio.tmp" "$out/l1-initramfs.cpio"
 printf 'HULL_NESTED_KERNEL=%s\nHULL_NESTED_INITRD=%s\n' "$kdir/bzImage" "$out/l1-initramfs.cpio" >"$nested_env"

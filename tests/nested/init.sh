@@ -99,6 +99,56 @@ check_vsock() {
     fi
 }
 
+# kB of a process's PSS, and of its private anonymous part (heap, stacks: what each
+# further pod adds; binaries and guest RAM are shared pages).
+pss_kb() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null; }
+pss_anon_kb() { awk '/^Pss_Anon:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null; }
+max() { if [ "${1:-0}" -gt "${2:-0}" ]; then echo "${1:-0}"; else echo "${2:-0}"; fi; }
+
+# virtio-fs through hull-vmm's vhost-user frontend: L1 starts virtiofsd on /tmp/share,
+# hull-vmm boots the guest kernel with an L2 busybox initramfs (l2-virtiofs-init.sh) and
+# --fs hull-share=<socket>; the guest reads L1's file, writes one back and times dd. The
+# peak PSS of virtiofsd (total; anonymous) and hull-vmm (anonymous) is sampled while the
+# guest runs; its total includes the guest RAM it maps.
+check_virtiofs() {
+    rm -rf /tmp/share /tmp/fs.sock*
+    mkdir -p /tmp/share
+    echo "hello-from-l1" >/tmp/share/hello.txt
+    virtiofsd --socket-path /tmp/fs.sock --shared-dir /tmp/share --sandbox chroot \
+        --cache auto >/tmp/virtiofsd.log 2>&1 &
+    vfsd=$!
+    i=0
+    while [ ! -S /tmp/fs.sock ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+    sleep 0.2
+    idle_kb=$(pss_kb "$vfsd"); idle_anon_kb=$(pss_anon_kb "$vfsd")
+    start=$(now)
+    hull-vmm --kernel /l2/vmlinux --initrd /l2/virtiofs.cpio \
+        --cmdline "$L2_CMDLINE" --vcpus 1 --memory-mib 256 --fs hull-share=/tmp/fs.sock \
+        --console /tmp/fs.console 2>/tmp/fs.vmm &
+    pid=$!
+    deadline=$(( $(now) + L2_TIMEOUT * 100 ))
+    vfsd_kb=0; vfsd_anon_kb=0; vmm_anon_kb=0
+    while kill -0 "$pid" 2>/dev/null && [ "$(now)" -lt "$deadline" ]; do
+        vfsd_kb=$(max "$(pss_kb "$vfsd")" "$vfsd_kb")
+        vfsd_anon_kb=$(max "$(pss_anon_kb "$vfsd")" "$vfsd_anon_kb")
+        vmm_anon_kb=$(max "$(pss_anon_kb "$pid")" "$vmm_anon_kb")
+        sleep 0.05
+    done
+    kill -9 "$pid" 2>/dev/null; wait "$pid"; rc=$?
+    ms=$(ms_since "$start")
+    kill "$vfsd" 2>/dev/null; wait "$vfsd" 2>/dev/null
+    read_line=$(grep -m1 'L2-FS: read=' /tmp/fs.console | tr -d '\r' | sed 's/.*read=//')
+    wrote=$(cat /tmp/share/from-guest.txt 2>/dev/null)
+    dd_line=$(grep -m1 'L2-FS: dd ' /tmp/fs.console | tr -d '\r' | sed 's/.*L2-FS: dd //')
+    if [ "$rc" = 0 ] && [ "$read_line" = "hello-from-l1" ] && [ "$wrote" = "hello-from-l2" ]; then
+        result=ok
+    else
+        result=FAIL
+    fi
+    say "virtiofs $result rc=$rc ms=$ms read=\"$read_line\" wrote=\"$wrote\" $dd_line virtiofsd_idle_pss_kb=$idle_kb virtiofsd_idle_anon_kb=$idle_anon_kb virtiofsd_peak_pss_kb=$vfsd_kb virtiofsd_peak_anon_kb=$vfsd_anon_kb vmm_peak_anon_kb=$vmm_anon_kb"
+    [ "$result" = ok ] || { dump /tmp/fs.console L2; dump /tmp/fs.vmm VMM; dump /tmp/virtiofsd.log VFSD; }
+}
+
 checks=$(sed -n 's/.*hull\.checks=\([^ ]*\).*/\1/p' /proc/cmdline)
 for c in $(echo "$checks" | tr , ' '); do
     case "$c" in
@@ -106,6 +156,7 @@ for c in $(echo "$checks" | tr , ' '); do
         agent) check_agent ;;
         reset) check_reset ;;
         vsock) check_vsock ;;
+        virtiofs) check_virtiofs ;;
         *) say "$c FAIL unknown check" ;;
     esac
 done

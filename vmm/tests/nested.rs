@@ -126,3 +126,30 @@ fn hull_vmm_boots_the_guest_to_the_agent_serves_vsock_and_exits_when_the_guest_r
         run.elapsed.as_secs_f64()
     );
 }
+
+#[test]
+#[ignore = "boots nested KVM under TCG (a few seconds, needs the L1 build): run by `make nested`"]
+fn hull_vmm_serves_a_virtiofs_share_from_virtiofsd_to_the_guest() {
+    let run = run_l1("kvm,virtiofs");
+    run.passed("kvm");
+    // L1 runs virtiofsd on a directory; hull-vmm boots the guest kernel with a busybox
+    // initramfs and --fs hull-share=<socket>: the guest mounts the share, reads L1's file
+    // and writes one that L1 then finds on its side.
+    let fs = run.passed("virtiofs");
+    assert!(
+        fs.contains("rc=0"),
+        "hull-vmm did not end with the guest: {fs}"
+    );
+    assert!(fs.contains("read=\"hello-from-l1\""), "{fs}");
+    assert!(fs.contains("wrote=\"hello-from-l2\""), "{fs}");
+    assert!(
+        fs.contains("write_mib_s="),
+        "the guest's dd did not finish: {fs}"
+    );
+    assert!(run.result("done").is_some(), "L1 did not finish its checks");
+    println!(
+        "nested figures (L2 on kvm_amd inside QEMU TCG, not native):\n  virtiofs: {fs}\n  \
+         whole L1 run: {:.2} s",
+        run.elapsed.as_secs_f64()
+    );
+}
