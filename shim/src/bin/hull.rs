@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hull_shim::backend::qemu::Accel;
+use hull_shim::backend::RequestedBackend;
 use hull_shim::check::{self, BackendRequest};
 use hull_shim::image::GuestImage;
 use hull_shim::vm::{StopOutcome, Vm, VmConfig};
@@ -74,6 +75,9 @@ struct VmArgs {
     /// Accelerator: kvm or tcg (default: probe).
     #[arg(long)]
     accel: Option<Accel>,
+    /// Backend: auto (hull-vmm where KVM runs guests natively, else qemu), qemu or hull-vmm.
+    #[arg(long, default_value = "auto")]
+    backend: RequestedBackend,
     /// vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
@@ -101,9 +105,11 @@ impl VmArgs {
     }
 
     fn request(&self) -> BackendRequest {
-        match self.accel {
-            Some(a) => BackendRequest::Qemu(Some(a)),
-            None => BackendRequest::Auto,
+        match (self.backend, self.accel) {
+            (RequestedBackend::HullVmm, _) => BackendRequest::HullVmm,
+            (_, Some(a)) => BackendRequest::Qemu(Some(a)),
+            (RequestedBackend::Qemu, None) => BackendRequest::Qemu(None),
+            (RequestedBackend::Auto, None) => BackendRequest::Auto,
         }
     }
 
@@ -124,7 +130,7 @@ fn print_check(r: &check::CheckReport) {
     for reason in &r.kvm.reasons {
         println!("            - {reason}");
     }
-    for t in [&r.qemu, &r.vsock_daemon] {
+    for t in [&r.qemu, &r.vsock_daemon, &r.hull_vmm] {
         match &t.path {
             Some(p) => println!(
                 "{:<11} {} ({})",
@@ -161,8 +167,8 @@ async fn boot_one(args: &VmArgs, id: &str) -> Result<(Vm, check::BackendChoice)>
         .backend
         .map_err(anyhow::Error::msg)
         .context("choosing a backend")?;
-    let hv = check::hypervisor(&choice);
-    let vm = Vm::boot(&hv, id, &args.config()).await?;
+    let hv = check::backend(&choice);
+    let vm = Vm::boot(hv.as_ref(), id, &args.config()).await?;
     Ok((vm, choice))
 }
 

@@ -153,7 +153,7 @@ impl Shim for HullShim {
         cfg.share = true;
         let report = check::run(BackendRequest::Auto, &image).await;
         let hv: Box<dyn crate::backend::Hypervisor> = match &report.backend {
-            Ok(choice) => Box::new(check::hypervisor(choice)),
+            Ok(choice) => check::backend(choice),
             Err(e) => {
                 log::error!("no usable hypervisor backend: {e}");
                 Box::new(crate::backend::qemu::Qemu::new(
