@@ -32,6 +32,13 @@ fi
 out="$top/target/nested"
 mkdir -p "$out"
 
+# shim-hullvmm check: the shim's own (ignored) test that boots the guest image through the
+# hull-vmm backend, built static so it runs in L1.
+shim_tests=$(cargo test --quiet --release --locked -p hull-shim --lib \
+    --target x86_64-unknown-linux-musl --no-run --message-format=json \
+    --manifest-path "$top/Cargo.toml" | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+[ -x "$shim_tests" ] || { log "building the hull-shim test binary failed"; exit 1; }
+
 # virtiofs check: virtiofsd (dynamically linked; its libraries come along) and an L2
 # busybox initramfs whose /init mounts the share.
 # shellcheck source=l2-initramfs.sh
@@ -66,6 +73,7 @@ file /bin/hull-vsock-probe $probe 0755 0 0
 file /l2/vmlinux $HULL_KERNEL 0644 0 0
 file /l2/initramfs.cpio $HULL_INITRD 0644 0 0
 file /l2/virtiofs.cpio $out/l2-virtiofs.cpio 0644 0 0
+file /bin/hull-shim-tests $shim_tests 0755 0 0
 LIST
 virtiofsd_files >>"$out/l1.list"
 "$kdir/gen_init_cpio" "$out/l1.list" >"$out/l1-initramfs.cpio.tmp"

@@ -149,6 +149,61 @@ check_virtiofs() {
     [ "$result" = ok ] || { dump /tmp/fs.console L2; dump /tmp/fs.vmm VMM; dump /tmp/virtiofsd.log VFSD; }
 }
 
+# The virtio-fs backend dies under a running guest: hull-vmm logs it, stops the device and
+# keeps running. The guest image's driver activates the device at boot (no mount needed);
+# once the agent is up, L1 kills virtiofsd.
+check_virtiofs_death() {
+    rm -rf /tmp/share2 /tmp/fs2.sock*
+    mkdir -p /tmp/share2
+    virtiofsd --socket-path /tmp/fs2.sock --shared-dir /tmp/share2 --sandbox chroot \
+        >/tmp/virtiofsd2.log 2>&1 &
+    vfsd=$!
+    i=0
+    while [ ! -S /tmp/fs2.sock ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+    hull-vmm --kernel /l2/vmlinux --initrd /l2/initramfs.cpio \
+        --cmdline "$L2_CMDLINE" --vcpus 1 --memory-mib 256 --fs hull-share=/tmp/fs2.sock \
+        --console /tmp/fs2.console 2>/tmp/fs2.vmm &
+    pid=$!
+    deadline=$(( $(now) + L2_TIMEOUT * 100 ))
+    while [ "$(now)" -lt "$deadline" ] && kill -0 "$pid" 2>/dev/null; do
+        grep -q 'filesystems mounted' /tmp/fs2.console 2>/dev/null && break
+        sleep 0.02
+    done
+    kill -9 "$vfsd" 2>/dev/null; wait "$vfsd" 2>/dev/null
+    i=0
+    while ! grep -q 'hung up' /tmp/fs2.vmm 2>/dev/null && [ $i -lt 200 ]; do sleep 0.01; i=$((i + 1)); done
+    sleep 0.5
+    if kill -0 "$pid" 2>/dev/null; then running=yes; else running=no; fi
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    logged=$(grep -m1 'hung up' /tmp/fs2.vmm | sed 's/.*virtio-fs/virtio-fs/')
+    if [ "$running" = yes ] && [ -n "$logged" ]; then
+        say "virtiofs-death ok vmm_running=$running logged=\"$logged\""
+    else
+        say "virtiofs-death FAIL vmm_running=$running logged=\"$logged\""
+        dump /tmp/fs2.console L2; dump /tmp/fs2.vmm VMM
+    fi
+}
+
+# The shim's hull-vmm backend end to end: the shim's own ignored test (static build of
+# hull-shim's unit tests) boots the guest image through Vm::boot with HullVmm (virtiofsd +
+# hull-vmm from /bin, pod share on), checks the agent and shuts the VM down cleanly.
+SHIM_TEST=backend::hullvmm::tests::hull_vmm_boots_the_guest_image_with_a_share_and_shuts_it_down
+check_shim_hullvmm() {
+    start=$(now)
+    HULL_KERNEL=/l2/vmlinux HULL_INITRD=/l2/initramfs.cpio TMPDIR=/tmp \
+        timeout -s KILL $((L2_TIMEOUT * 2)) hull-shim-tests --ignored --exact "$SHIM_TEST" \
+        --test-threads 1 >/tmp/shim.out 2>&1
+    rc=$?
+    ms=$(ms_since "$start")
+    if [ "$rc" = 0 ] && grep -q 'test result: ok. 1 passed' /tmp/shim.out; then
+        say "shim-hullvmm ok ms=$ms test=$SHIM_TEST"
+    else
+        say "shim-hullvmm FAIL rc=$rc ms=$ms"
+        dump /tmp/shim.out SHIM
+        for f in /tmp/.tmp*/hullvmm-test/*.log; do [ -f "$f" ] && dump "$f" "$(basename "$f")"; done
+    fi
+}
+
 checks=$(sed -n 's/.*hull\.checks=\([^ ]*\).*/\1/p' /proc/cmdline)
 for c in $(echo "$checks" | tr , ' '); do
     case "$c" in
@@ -157,6 +212,8 @@ for c in $(echo "$checks" | tr , ' '); do
         reset) check_reset ;;
         vsock) check_vsock ;;
         virtiofs) check_virtiofs ;;
+        virtiofs-death) check_virtiofs_death ;;
+        shim-hullvmm) check_shim_hullvmm ;;
         *) say "$c FAIL unknown check" ;;
     esac
 done

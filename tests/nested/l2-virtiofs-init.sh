@@ -2,7 +2,8 @@
 # /init of the L2 guest of the nested `virtiofs` check: mounts the virtio-fs share
 # `hull-share`, prints the file L1 put there, writes one back, times a 128 MiB write and
 # read through the share, and reboots (hull-vmm then exits). One "L2-FS:" line per step;
-# the console is slow under nesting, so nothing else is printed.
+# the console is slow under nesting, so nothing else is printed. The dd figures use the
+# guest clock with centisecond resolution: nested, noisy, for orders of magnitude only.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -18,7 +19,8 @@ if mount -t virtiofs hull-share /mnt; then
     dd if=/dev/zero of=/mnt/big bs=1M count=$mib conv=fsync 2>/dev/null
     t1=$(now)
     # A fresh mount: nothing of the file is left in the guest's page cache.
-    umount /mnt && mount -t virtiofs hull-share /mnt
+    umount /mnt || say "umount FAILED"
+    mount -t virtiofs hull-share /mnt || say "remount FAILED"
     t2=$(now)
     dd if=/mnt/big of=/dev/null bs=1M 2>/dev/null
     t3=$(now)

@@ -10,9 +10,10 @@
 //! implemented (PVH direct boot of `vmlinux`); aarch64 compiles and returns a typed
 //! "not implemented" error until its GIC/FDT/PSCI code is written.
 //!
-//! virtio devices sit on the virtio-mmio transport ([`devices::virtio`]); vsock is there.
+//! virtio devices sit on the virtio-mmio transport ([`devices::virtio`]); vsock is there, and
+//! virtio-fs as a vhost-user frontend to virtiofsd (`--fs TAG=SOCKET`).
 //!
-//! Not here yet: virtio-fs, net, blk, the control socket, seccomp filters,
+//! Not here yet: net, blk, the control socket, seccomp filters,
 //! bzImage boot. Each is tracked in issue 3.
 
 pub mod arch;

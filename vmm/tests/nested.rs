@@ -129,8 +129,8 @@ fn hull_vmm_boots_the_guest_to_the_agent_serves_vsock_and_exits_when_the_guest_r
 
 #[test]
 #[ignore = "boots nested KVM under TCG (a few seconds, needs the L1 build): run by `make nested`"]
-fn hull_vmm_serves_a_virtiofs_share_from_virtiofsd_to_the_guest() {
-    let run = run_l1("kvm,virtiofs");
+fn hull_vmm_serves_virtiofs_and_the_shim_boots_the_guest_through_its_hull_vmm_backend() {
+    let run = run_l1("kvm,virtiofs,virtiofs-death,shim-hullvmm");
     run.passed("kvm");
     // L1 runs virtiofsd on a directory; hull-vmm boots the guest kernel with a busybox
     // initramfs and --fs hull-share=<socket>: the guest mounts the share, reads L1's file
@@ -146,9 +146,18 @@ fn hull_vmm_serves_a_virtiofs_share_from_virtiofsd_to_the_guest() {
         fs.contains("write_mib_s="),
         "the guest's dd did not finish: {fs}"
     );
+    // virtiofsd killed under a running guest (the agent image, whose driver activated the
+    // device at boot): hull-vmm logs it and keeps running.
+    let death = run.passed("virtiofs-death");
+    assert!(death.contains("vmm_running=yes"), "{death}");
+    assert!(death.contains("hung up; the device stops"), "{death}");
+    // The shim's hull-vmm backend end to end (its own test, run inside L1): virtiofsd +
+    // hull-vmm started, the agent answers over the hybrid-vsock socket, clean shutdown.
+    let shim = run.passed("shim-hullvmm");
     assert!(run.result("done").is_some(), "L1 did not finish its checks");
     println!(
         "nested figures (L2 on kvm_amd inside QEMU TCG, not native):\n  virtiofs: {fs}\n  \
+         virtiofs-death: {death}\n  shim-hullvmm: {shim}\n  \
          whole L1 run: {:.2} s",
         run.elapsed.as_secs_f64()
     );
