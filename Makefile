@@ -7,6 +7,7 @@ SHELL := /bin/bash
 export HULL_CACHE_DIR ?= /var/cache/hull
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
 IMAGE_ENV := target/guest-image.env
 NESTED_ENV := target/nested.env
 
@@ -30,6 +31,7 @@ install: build guest-image
 	install -D -m 0644 "$$HULL_KERNEL" $(PREFIX)/share/hull/vmlinux && \
 	install -D -m 0644 "$$HULL_INITRD" $(PREFIX)/share/hull/initramfs.cpio && \
 	install -D -m 0644 "$$(dirname $$HULL_KERNEL)/release" $(PREFIX)/share/hull/release
+	test -e $(SYSCONFDIR)/hull/config.toml || install -D -m 0644 config/config.toml $(SYSCONFDIR)/hull/config.toml
 
 demo: install
 	@echo "== hull check: what this host can run =="

@@ -4,11 +4,27 @@
 # (where ctr and shims always put FIFOs and shim sockets).
 #   containerd-private.sh start DIR [SHIM_DIR]   start it; SHIM_DIR (holding
 #                                               containerd-shim-hull-v2) goes first in PATH
+#   containerd-private.sh restart DIR [SHIM_DIR] stop containerd alone (its shims and tasks
+#                                               live on, as in a real restart) and start it again
 #   containerd-private.sh stop DIR               stop it and remove DIR
 # The socket is DIR/containerd.sock (ctr -a DIR/containerd.sock ...).
 set -euo pipefail
-cmd=${1:?usage: containerd-private.sh start|stop DIR [SHIM_DIR]}
-dir=${2:?usage: containerd-private.sh start|stop DIR [SHIM_DIR]}
+cmd=${1:?usage: containerd-private.sh start|restart|stop DIR [SHIM_DIR]}
+dir=${2:?usage: containerd-private.sh start|restart|stop DIR [SHIM_DIR]}
+
+stop_containerd() {
+    if [ -f "$dir/containerd.pid" ]; then
+        pid=$(cat "$dir/containerd.pid")
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+}
+
+if [ "$cmd" = restart ]; then
+    stop_containerd
+    cmd=start
+fi
 
 case "$cmd" in
 start)
@@ -38,12 +54,7 @@ TOML
     ;;
 stop)
     [ -d "$dir" ] || exit 0
-    if [ -f "$dir/containerd.pid" ]; then
-        pid=$(cat "$dir/containerd.pid")
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
+    stop_containerd
     # Snapshot mounts, deepest first.
     { grep -F " $dir/" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null || true
@@ -51,7 +62,7 @@ stop)
     rm -rf "$dir"
     ;;
 *)
-    echo "usage: containerd-private.sh start|stop DIR [SHIM_DIR]" >&2
+    echo "usage: containerd-private.sh start|restart|stop DIR [SHIM_DIR]" >&2
     exit 2
     ;;
 esac

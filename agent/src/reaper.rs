@@ -104,7 +104,7 @@ impl Reaper {
                         match tx {
                             Some(tx) => {
                                 log::debug!("process {pid} exited: {exit:?}");
-                                let _ = tx.send(Some(exit));
+                                tx.send_replace(Some(exit));
                             }
                             None => log::debug!("reaped orphan {pid}: {exit:?}"),
                         }

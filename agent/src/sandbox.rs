@@ -1029,7 +1029,7 @@ fn finish_process(
                 abort.abort();
             }
         }
-        let _ = done_tx.send(Some(status));
+        done_tx.send_replace(Some(status));
     });
     Arc::new(Process {
         pid,

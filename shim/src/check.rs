@@ -51,7 +51,7 @@ pub enum BackendRequest {
     Auto,
     /// QEMU, with the accelerator forced or probed.
     Qemu(Option<Accel>),
-    /// hull-vmm (needs native KVM).
+    /// hull's own VMM (needs native KVM).
     HullVmm,
 }
 
@@ -129,6 +129,10 @@ pub fn choose_backend(
         ));
     }
     let (accel, reason) = match (request, kvm) {
+        // Decided above (chosen or refused); never QEMU in its place.
+        (BackendRequest::HullVmm, _) => {
+            return Err("backend hull-vmm was asked for but cannot be used here".into());
+        }
         (BackendRequest::Qemu(Some(Accel::Kvm)), v) if v != KvmVerdict::Native => {
             return Err(format!(
                 "accelerator kvm was asked for, but KVM is {v:?} on this host"
@@ -224,19 +228,54 @@ fn image_file(path: &Path) -> ImageFile {
     }
 }
 
-/// Runs every check.
+/// Runs every check, the KVM probe afresh (and records its verdict for [`run_cached`]).
 pub async fn run(request: BackendRequest, image: &GuestImage) -> CheckReport {
-    let kvm = tokio::task::spawn_blocking(kvm_probe::probe)
+    let kvm = probe_off_thread(|| {
+        let p = kvm_probe::probe();
+        kvm_probe::store(Path::new(kvm_probe::CACHE_PATH), &p);
+        p
+    })
+    .await;
+    let qemu = tool(DEFAULT_QEMU).await;
+    let vsock_daemon = tool(DEFAULT_VSOCK_DAEMON).await;
+    let hull_vmm = tool(DEFAULT_HULL_VMM).await;
+    report(request, image, kvm, qemu, vsock_daemon, hull_vmm)
+}
+
+/// What a shim needs before booting a pod, fast: the KVM verdict recorded earlier on this
+/// boot of the host (probing only if there is none) and the tools looked up in PATH
+/// without running them.
+pub async fn run_cached(request: BackendRequest, image: &GuestImage) -> CheckReport {
+    let kvm = probe_off_thread(|| kvm_probe::probe_cached(Path::new(kvm_probe::CACHE_PATH))).await;
+    let found = |name: &str| Tool {
+        name: name.into(),
+        path: which(name),
+        detail: String::new(),
+    };
+    let (qemu, vsock_daemon) = (found(DEFAULT_QEMU), found(DEFAULT_VSOCK_DAEMON));
+    let hull_vmm = found(DEFAULT_HULL_VMM);
+    report(request, image, kvm, qemu, vsock_daemon, hull_vmm)
+}
+
+async fn probe_off_thread(f: impl FnOnce() -> KvmProbe + Send + 'static) -> KvmProbe {
+    tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| KvmProbe {
             verdict: KvmVerdict::Unavailable,
             reasons: vec![format!("the probe thread failed: {e}")],
             ns_per_instruction: None,
             modules: vec![],
-        });
-    let qemu = tool(DEFAULT_QEMU).await;
-    let vsock_daemon = tool(DEFAULT_VSOCK_DAEMON).await;
-    let hull_vmm = tool(DEFAULT_HULL_VMM).await;
+        })
+}
+
+fn report(
+    request: BackendRequest,
+    image: &GuestImage,
+    kvm: KvmProbe,
+    qemu: Tool,
+    vsock_daemon: Tool,
+    hull_vmm: Tool,
+) -> CheckReport {
     let backend = choose_backend(
         request,
         kvm.verdict,

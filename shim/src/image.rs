@@ -27,6 +27,11 @@ impl GuestImage {
         )
     }
 
+    /// The image `make install` put in [`DEFAULT_IMAGE_DIR`].
+    pub fn installed() -> Self {
+        Self::resolve(None, None)
+    }
+
     fn resolve(kernel: Option<std::ffi::OsString>, initrd: Option<std::ffi::OsString>) -> Self {
         let dir = PathBuf::from(DEFAULT_IMAGE_DIR);
         GuestImage {

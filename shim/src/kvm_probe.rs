@@ -22,7 +22,7 @@ const KVM_MODULES: [&str; 4] = ["kvm_intel", "kvm_amd", "kvm_pvm", "kvm"];
 const NATIVE_THRESHOLD_NS: f64 = 20.0;
 
 /// Whether guest kernel code runs natively on this host's KVM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KvmVerdict {
     /// Guest ring-0 code runs at hardware speed: a Linux guest can boot.
@@ -34,7 +34,7 @@ pub enum KvmVerdict {
 }
 
 /// Result of [`probe`]: the verdict and the evidence behind it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct KvmProbe {
     /// What the probe concluded.
     pub verdict: KvmVerdict,
@@ -50,6 +50,73 @@ pub struct KvmProbe {
 /// Probe `/dev/kvm`. Never panics; returns within about 3 s.
 pub fn probe() -> KvmProbe {
     probe_device(Path::new("/dev/kvm"))
+}
+
+/// Where [`store`] records a verdict for the shims of this host boot (`/run` is a tmpfs).
+pub const CACHE_PATH: &str = "/run/hull/.kvm-probe.json";
+
+/// What a recorded verdict is valid for: this host boot, this `/dev/kvm` node (a reloaded
+/// KVM module makes a new one) and this hull version.
+fn cache_key() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let kvm = std::fs::metadata("/dev/kvm").ok()?;
+    Some(format!(
+        "{} {}:{}:{} {}",
+        boot.trim(),
+        kvm.rdev(),
+        kvm.ino(),
+        kvm.ctime(),
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Cached {
+    key: String,
+    probe: KvmProbe,
+}
+
+/// Records `probe` at `path` for [`probe_cached`], unless its verdict is `Unavailable`
+/// (which may be passing, and costs nothing to find again). Best effort: a failure to write
+/// only means the next shim probes again.
+pub fn store(path: &Path, probe: &KvmProbe) {
+    let Some(key) = cache_key() else { return };
+    if probe.verdict == KvmVerdict::Unavailable {
+        return;
+    }
+    let Ok(json) = serde_json::to_vec(&Cached {
+        key,
+        probe: probe.clone(),
+    }) else {
+        return;
+    };
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&tmp, json))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        log::debug!("recording the KVM verdict at {}: {e}", path.display());
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// The verdict recorded at `path` for this host boot, else a fresh [`probe`] (recorded).
+/// A probe costs ~0.1 s of ring-0 guest code; a pod start should not pay it every time.
+pub fn probe_cached(path: &Path) -> KvmProbe {
+    let key = cache_key();
+    let cached = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
+        .filter(|c| key.as_deref() == Some(c.key.as_str()));
+    if let Some(c) = cached {
+        return c.probe;
+    }
+    let p = probe();
+    store(path, &p);
+    p
 }
 
 /// Probe the KVM device node at `path`. Never panics; returns within about 3 s.
@@ -354,6 +421,36 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recorded_verdict_is_reused_only_for_the_same_host_boot_and_device() {
+        if cache_key().is_none() {
+            panic!("this test needs /dev/kvm (present on every hull test host)");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("probe.json");
+        let fake = KvmProbe {
+            verdict: KvmVerdict::Native,
+            reasons: vec!["recorded by the test".into()],
+            ns_per_instruction: Some(1.0),
+            modules: vec![],
+        };
+        store(&path, &fake);
+        let got = probe_cached(&path);
+        assert_eq!(got.reasons, fake.reasons, "the recorded verdict is used");
+        // A record for another boot (or device) is ignored and replaced by a real probe.
+        let stale = serde_json::to_vec(&Cached {
+            key: "another-boot".into(),
+            probe: fake.clone(),
+        })
+        .unwrap();
+        std::fs::write(&path, stale).unwrap();
+        let got = probe_cached(&path);
+        assert_ne!(got.reasons, fake.reasons, "a stale record is not trusted");
+        // Garbage is ignored too.
+        std::fs::write(&path, b"{not json").unwrap();
+        assert_ne!(probe_cached(&path).reasons, fake.reasons);
+    }
 
     #[test]
     fn classify_thresholds() {

@@ -8,7 +8,9 @@
 
 pub mod agent;
 pub mod backend;
+pub mod bench;
 pub mod check;
+pub mod config;
 pub mod image;
 pub mod kvm_probe;
 pub mod task;

@@ -107,6 +107,7 @@ pub struct Containerd {
     pub dir: tempfile::TempDir,
     /// The namespace tests use.
     pub namespace: &'static str,
+    env: Vec<(String, String)>,
 }
 
 /// The image the tests run.
@@ -132,6 +133,10 @@ impl Containerd {
         let c = Containerd {
             dir,
             namespace: "hull-test",
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let image = c.dir.path().join("busybox.tar");
         let st =
@@ -150,6 +155,19 @@ impl Containerd {
         c
     }
 
+    /// Restarts containerd alone, as an upgrade or a crash does: shims and their tasks live
+    /// on and containerd must find them again.
+    pub fn restart(&self) {
+        let st = std::process::Command::new(workspace().join("scripts/containerd-private.sh"))
+            .arg("restart")
+            .arg(self.dir.path())
+            .arg(shim_dir())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .status()
+            .unwrap();
+        assert!(st.success(), "restarting the private containerd failed");
+    }
+
     /// Runs `ctr` against this containerd.
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
         self.ctr_with_stdin(args, b"")
@@ -157,8 +175,15 @@ impl Containerd {
 
     /// Runs `ctr` with `stdin` piped in.
     pub fn ctr_with_stdin(&self, args: &[&str], stdin: &[u8]) -> std::process::Output {
+        self.ctr_within(0, args, stdin)
+    }
+
+    /// Runs `ctr`, killed after `seconds` (0 = no limit; a hang then shows as exit 124).
+    pub fn ctr_within(&self, seconds: u32, args: &[&str], stdin: &[u8]) -> std::process::Output {
         use std::io::Write;
-        let mut child = std::process::Command::new("ctr")
+        let mut child = std::process::Command::new("timeout")
+            .arg(seconds.to_string())
+            .arg("ctr")
             .arg("-a")
             .arg(self.dir.path().join("containerd.sock"))
             .args(["-n", self.namespace])
@@ -190,11 +215,44 @@ impl Containerd {
 }
 
 impl Drop for Containerd {
+    /// Also cleans up after a test that failed half-way: its tasks are killed and deleted
+    /// through containerd, and shims that outlive containerd (as shims do) are killed and
+    /// their pods' state cleaned, so one failure does not leave VMs that break later tests.
     fn drop(&mut self) {
+        let ids: Vec<String> =
+            String::from_utf8_lossy(&self.ctr(&["containers", "ls", "-q"]).stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+        for id in &ids {
+            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        }
+        for id in &ids {
+            for _ in 0..50 {
+                if self.ctr(&["task", "rm", id]).status.success()
+                    || !String::from_utf8_lossy(&self.ctr(&["task", "ls", "-q"]).stdout)
+                        .lines()
+                        .any(|l| l == id)
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = self.ctr(&["containers", "rm", id]);
+        }
         let _ = std::process::Command::new(workspace().join("scripts/containerd-private.sh"))
             .arg("stop")
             .arg(self.dir.path())
             .status();
+        let address = self.dir.path().join("containerd.sock");
+        for pid in processes_mentioning(&format!("-address {}", address.display())) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+        for id in &ids {
+            hull_shim::vm::cleanup_dead(&Path::new(hull_shim::DEFAULT_STATE_ROOT).join(id));
+        }
     }
 }
 

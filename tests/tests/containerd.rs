@@ -4,6 +4,8 @@
 //! Run with one test thread (the Makefile does): the leak test counts hull's footprint on
 //! the whole host.
 
+use std::process::Output;
+
 use hull_tests::{image_kernel_release, processes_mentioning, Containerd};
 
 fn text(b: &[u8]) -> String {
@@ -81,17 +83,7 @@ fn ctr_run_runs_on_the_guest_kernel_with_stdio_and_exit_codes() {
 #[test]
 fn exec_kill_and_delete_of_a_detached_task() {
     let c = start();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.hull.v2",
-        hull_tests::TEST_IMAGE,
-        "hull-t-detach",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    run_detached(&c, "hull-t-detach");
     let out = c.ctr(&[
         "task",
         "exec",
@@ -191,13 +183,176 @@ fn a_missing_kernel_fails_the_create_naming_it_and_leaves_nothing() {
     assert_pod_gone("hull-t-nokernel");
 }
 
+/// `ctr run --runtime-config-path CONFIG` (containerd passes it to the shim as the
+/// `ConfigPath` of `runtimeoptions.v1.Options`, as the CRI plugin does for a runtime's
+/// `options`).
+fn run_with_config(c: &Containerd, config: &std::path::Path, id: &str, args: &[&str]) -> Output {
+    let config = config.to_str().unwrap();
+    let mut a = vec![
+        "run",
+        "--runtime",
+        "io.containerd.hull.v2",
+        "--runtime-config-path",
+        config,
+        "--rm",
+        hull_tests::TEST_IMAGE,
+        id,
+    ];
+    a.extend_from_slice(args);
+    c.ctr(&a)
+}
+
+#[test]
+fn the_config_file_named_by_the_runtime_options_sizes_the_vm() {
+    let c = start();
+    let config = c.dir.path().join("hull.toml");
+    std::fs::write(
+        &config,
+        "backend = \"auto\"\nlog_level = \"debug\"\n[guest]\nvcpus = 2\nmemory_mib = 384\n",
+    )
+    .unwrap();
+    let out = run_with_config(
+        &c,
+        &config,
+        "hull-t-config",
+        &["sh", "-c", "nproc; grep MemTotal /proc/meminfo; hostname"],
+    );
+    assert!(out.status.success(), "ctr run: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("2"),
+        "vcpus = 2 reached the guest: {stdout}"
+    );
+    let kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {stdout:?}"));
+    // MemTotal is RAM minus what the kernel reserved: above the 256 MiB default, at most 384.
+    assert!(
+        (300 * 1024..=384 * 1024).contains(&kib),
+        "memory_mib = 384 should give the guest ~384 MiB, MemTotal is {kib} KiB"
+    );
+    // Like runc, a container without a spec hostname sees the host's name.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(lines.next(), Some(host.trim()), "hostname: {stdout}");
+    assert_pod_gone("hull-t-config");
+}
+
+#[test]
+fn a_broken_config_fails_the_create_naming_the_file_and_key_and_leaves_nothing() {
+    let c = start();
+    let config = c.dir.path().join("broken.toml");
+    std::fs::write(&config, "[guest]\nmemory = 512\n").unwrap();
+    let out = run_with_config(&c, &config, "hull-t-badconfig", &["true"]);
+    assert!(
+        !out.status.success(),
+        "a broken config must fail the create"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(config.to_str().unwrap()) && err.contains("unknown field `memory`"),
+        "the error should name the file and the key: {err}"
+    );
+    let missing = c.dir.path().join("absent.toml");
+    let out = run_with_config(&c, &missing, "hull-t-badconfig", &["true"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(missing.to_str().unwrap()) && err.contains("No such file"),
+        "the error should name the missing file: {err}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_pod_gone("hull-t-badconfig");
+}
+
+/// `ctr run --log-uri URI` (stdout and stderr both name the URI, as containerd does).
+fn run_with_log_uri(c: &Containerd, uri: &str, id: &str, args: &[&str]) -> Output {
+    let mut a = vec![
+        "run",
+        "--runtime",
+        "io.containerd.hull.v2",
+        "--log-uri",
+        uri,
+        "--rm",
+        hull_tests::TEST_IMAGE,
+        id,
+    ];
+    a.extend_from_slice(args);
+    c.ctr(&a)
+}
+
+#[test]
+fn file_and_binary_log_uris_receive_all_output() {
+    let c = start();
+    let script = ["sh", "-c", "echo out; echo err >&2; seq 1 2000; exit 3"];
+    let log = c.dir.path().join("logs/file.log");
+    let out = run_with_log_uri(
+        &c,
+        &format!("file://{}", log.display()),
+        "hull-t-filelog",
+        &script,
+    );
+    assert_eq!(out.status.code(), Some(3), "ctr: {}", text(&out.stderr));
+    let written = std::fs::read_to_string(&log).unwrap();
+    let expected_seq: String = (1..=2000).map(|n| format!("{n}\n")).collect();
+    assert!(
+        written.contains("out\n") && written.contains("err\n") && written.contains(&expected_seq),
+        "file:// log lacks output ({} bytes)",
+        written.len()
+    );
+
+    // A logging binary: stdout on fd 3, stderr on fd 4, readiness on fd 5.
+    let dir = c.dir.path().join("binlog");
+    std::fs::create_dir_all(&dir).unwrap();
+    let logger = dir.join("logger.sh");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\nexec 5>&-\ncat <&3 >\"$2/out\" & cat <&4 >\"$2/err\" & wait\n\
+         echo \"$CONTAINER_ID $CONTAINER_NAMESPACE\" >\"$2/env\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}?dir={}", logger.display(), dir.display());
+    let out = run_with_log_uri(&c, &uri, "hull-t-binlog", &script);
+    assert_eq!(out.status.code(), Some(3), "ctr: {}", text(&out.stderr));
+    let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap_or_default();
+    assert_eq!(read("out"), format!("out\n{expected_seq}"));
+    assert_eq!(read("err"), "err\n");
+    assert_eq!(read("env").trim(), "hull-t-binlog hull-test");
+
+    let out = run_with_log_uri(
+        &c,
+        "binary:///nonexistent/logger",
+        "hull-t-badlog",
+        &["true"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/nonexistent/logger"),
+        "the error should name the logging binary: {}",
+        text(&out.stderr)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for id in ["hull-t-filelog", "hull-t-binlog", "hull-t-badlog"] {
+        assert_pod_gone(id);
+    }
+}
+
 /// Everything hull could leave on the host: shim and VM processes, pod state, mounts below
 /// /run/hull, shim sockets.
 fn hull_footprint() -> (usize, usize, usize, usize) {
     let procs = processes_mentioning("containerd-shim-hull-v2").len()
         + processes_mentioning("/run/hull/").len();
+    // Pod state directories; dotfiles are host-wide caches (the recorded KVM verdict).
     let state = std::fs::read_dir("/run/hull")
-        .map(|d| d.count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
         .unwrap_or(0);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
@@ -279,6 +434,106 @@ fn remove(c: &Containerd, id: &str) {
     assert_pod_gone(id);
 }
 
+/// Calls the shim's Task API directly, as containerd does: ctr 1.6 has no `task update`
+/// (the CRI plugin's UpdateContainerResources ends in the same call).
+fn update_through_the_shim(c: &Containerd, id: &str, resources: serde_json::Value) {
+    use containerd_shim_protos::api::UpdateTaskRequest;
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::shim_async::{Client, TaskClient};
+    let address_file = c
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task")
+        .join(c.namespace)
+        .join(id)
+        .join("address");
+    let address = std::fs::read_to_string(&address_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", address_file.display()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = TaskClient::new(Client::connect(address.trim()).await.unwrap());
+        let mut any = Any::new();
+        // containerd's typeurl for specs.LinuxResources; the value is JSON.
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+        any.value = serde_json::to_vec(&resources).unwrap();
+        let req = UpdateTaskRequest {
+            id: id.into(),
+            resources: containerd_shim_protos::protobuf::MessageField::some(any),
+            ..Default::default()
+        };
+        let ctx = ttrpc::context::with_timeout(20_000_000_000);
+        client
+            .update(ctx, &req)
+            .await
+            .expect("Update through the shim");
+    });
+}
+
+#[test]
+fn update_reaches_the_containers_cgroup_in_the_guest() {
+    let c = start();
+    run_detached(&c, "hull-t-update");
+    // ctr's spec mounts no cgroupfs in the container; the limits come back through the
+    // shim's Stats (the guest's cgroup v2 files, read by the agent).
+    let limits = || {
+        let out = c.ctr(&["task", "metrics", "--format", "json", "hull-t-update"]);
+        assert!(out.status.success(), "metrics: {}", text(&out.stderr));
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("metrics JSON: {e}: {}", text(&out.stdout)));
+        (
+            m["memory"]["usage_limit"].as_u64(),
+            m["pids"]["limit"].as_u64(),
+        )
+    };
+    let (mem_before, _) = limits();
+    assert_ne!(mem_before, Some(100 * 1024 * 1024));
+    update_through_the_shim(
+        &c,
+        "hull-t-update",
+        serde_json::json!({"memory": {"limit": 100 * 1024 * 1024}, "pids": {"limit": 77}}),
+    );
+    assert_eq!(limits(), (Some(100 * 1024 * 1024), Some(77)));
+    assert!(c
+        .ctr(&["task", "kill", "-s", "SIGKILL", "hull-t-update"])
+        .status
+        .success());
+    wait_stopped(&c, "hull-t-update");
+    remove(&c, "hull-t-update");
+}
+
+#[test]
+fn a_restarted_containerd_finds_its_running_hull_tasks_again() {
+    let c = start();
+    run_detached(&c, "hull-t-restart");
+    c.restart();
+    let ls = text(&c.ctr(&["task", "ls"]).stdout);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("hull-t-restart") && l.contains("RUNNING")),
+        "after the restart: {ls}"
+    );
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "hull-t-restart",
+        "echo",
+        "still here",
+    ]);
+    assert!(out.status.success(), "exec: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "still here\n");
+    assert!(c
+        .ctr(&["task", "kill", "-s", "SIGKILL", "hull-t-restart"])
+        .status
+        .success());
+    wait_stopped(&c, "hull-t-restart");
+    remove(&c, "hull-t-restart");
+}
+
 #[test]
 fn pause_resume_and_metrics() {
     let c = start();
@@ -325,7 +580,19 @@ fn a_killed_vm_ends_its_tasks_with_255_and_leaves_nothing() {
     wait_stopped(&c, "hull-t-vmkill");
     let ls = text(&c.ctr(&["task", "ls"]).stdout);
     assert!(ls.contains("STOPPED"), "{ls}");
-    remove(&c, "hull-t-vmkill");
+    // `rm -f` waits for the exit (Wait) before deleting: the recorded exit must answer it
+    // even though nobody was waiting when the VM died.
+    let out = c.ctr_within(30, &["task", "rm", "-f", "hull-t-vmkill"], b"");
+    assert!(
+        out.status.success(),
+        "task rm -f ({:?}): {}",
+        out.status.code(),
+        text(&out.stderr)
+    );
+    let out = c.ctr(&["container", "rm", "hull-t-vmkill"]);
+    assert!(out.status.success(), "container rm: {}", text(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_pod_gone("hull-t-vmkill");
 }
 
 #[test]

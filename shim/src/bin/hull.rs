@@ -3,6 +3,7 @@
 //! * `hull check` — what this host supports and which backend hull would use.
 //! * `hull boot` — boot one microVM, print what its agent reports, shut it down.
 //! * `hull bench boot` — launch → agent `Check` answered, over N sequential boots.
+//! * `hull bench ctr` — `ctr run --rm` with hull vs runc, and PSS per running pod.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,9 +12,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hull_shim::backend::qemu::Accel;
-use hull_shim::backend::RequestedBackend;
+use hull_shim::bench::ctr::CtrBench;
 use hull_shim::check::{self, BackendRequest};
-use hull_shim::image::GuestImage;
+use hull_shim::config::{Config as HullConfig, ConfigError, DEFAULT_CONFIG_PATH};
 use hull_shim::vm::{StopOutcome, Vm, VmConfig};
 
 #[derive(Parser)]
@@ -62,66 +63,106 @@ enum Bench {
         #[command(flatten)]
         vm: VmArgs,
     },
+    /// `ctr run --rm IMAGE true` with hull vs runc through one containerd (medians, ratio),
+    /// then the PSS of one running hull pod's host processes.
+    Ctr {
+        /// containerd's socket (it must have the hull runtime and the image).
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        address: PathBuf,
+        /// containerd namespace.
+        #[arg(long, default_value = "hull-bench")]
+        namespace: String,
+        /// The image to run (imported already).
+        #[arg(long, default_value = "docker.io/hull/busybox:latest")]
+        image: String,
+        /// Runs per runtime.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        count: usize,
+        /// The reference runtime.
+        #[arg(long, default_value = "io.containerd.runc.v2")]
+        reference: String,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// hull's config file (to report the accelerator the guest runs on).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Clone)]
 struct VmArgs {
-    /// Guest kernel (default: $HULL_KERNEL or /usr/local/share/hull/vmlinux).
+    /// hull's config file (default: $HULL_CONFIG, else /etc/hull/config.toml if it exists).
+    /// The flags below override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Guest kernel (default: from the config, $HULL_KERNEL, or
+    /// /usr/local/share/hull/vmlinux).
     #[arg(long)]
     kernel: Option<PathBuf>,
-    /// Guest initramfs (default: $HULL_INITRD or /usr/local/share/hull/initramfs.cpio).
+    /// Guest initramfs (default: from the config, $HULL_INITRD, or
+    /// /usr/local/share/hull/initramfs.cpio).
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// Accelerator: kvm or tcg (default: probe).
+    /// QEMU accelerator: kvm or tcg (default: from the config, else probe).
     #[arg(long)]
     accel: Option<Accel>,
-    /// Backend: auto (hull-vmm where KVM runs guests natively, else qemu), qemu or hull-vmm.
-    #[arg(long, default_value = "auto")]
-    backend: RequestedBackend,
-    /// vCPUs.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u32,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
-    memory: u32,
-    /// Extra kernel command line.
-    #[arg(long, default_value = "")]
-    cmdline: String,
+    /// vCPUs (default: from the config, else 1).
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Guest memory in MiB (default: from the config, else 256).
+    #[arg(long)]
+    memory: Option<u32>,
+    /// Extra kernel command line (default: the config's kernel_params).
+    #[arg(long)]
+    cmdline: Option<String>,
     /// Parent of the VMs' state directories.
     #[arg(long, default_value = hull_shim::DEFAULT_STATE_ROOT)]
     state_root: PathBuf,
-    /// Boot deadline in seconds.
-    #[arg(long, default_value_t = 30)]
-    boot_timeout: u64,
+    /// Boot deadline in seconds (default: from the config, else 30).
+    #[arg(long)]
+    boot_timeout: Option<u64>,
+}
+
+/// What the flags and the config file ask for, together.
+struct Resolved {
+    config: HullConfig,
+    request: BackendRequest,
+    vm: VmConfig,
 }
 
 impl VmArgs {
-    fn image(&self) -> GuestImage {
-        let env = GuestImage::from_env();
-        GuestImage {
-            kernel: self.kernel.clone().unwrap_or(env.kernel),
-            initrd: self.initrd.clone().unwrap_or(env.initrd),
+    fn resolve(&self) -> Result<Resolved, ConfigError> {
+        let mut config = HullConfig::load(self.config.as_deref())?;
+        if let Some(k) = &self.kernel {
+            config.image.kernel = k.clone();
         }
-    }
-
-    fn request(&self) -> BackendRequest {
-        match (self.backend, self.accel) {
-            (RequestedBackend::HullVmm, _) => BackendRequest::HullVmm,
-            (_, Some(a)) => BackendRequest::Qemu(Some(a)),
-            (RequestedBackend::Qemu, None) => BackendRequest::Qemu(None),
-            (RequestedBackend::Auto, None) => BackendRequest::Auto,
+        if let Some(i) = &self.initrd {
+            config.image.initrd = i.clone();
         }
-    }
-
-    fn config(&self) -> VmConfig {
-        let image = self.image();
-        let mut c = VmConfig::new(image.kernel, image.initrd);
-        c.vcpus = self.vcpus;
-        c.memory_mib = self.memory;
-        c.extra_cmdline = self.cmdline.clone();
-        c.state_root = self.state_root.clone();
-        c.boot_timeout = Duration::from_secs(self.boot_timeout);
-        c
+        if let Some(v) = self.vcpus {
+            config.vcpus = v;
+        }
+        if let Some(m) = self.memory {
+            config.memory_mib = m;
+        }
+        if let Some(c) = &self.cmdline {
+            config.kernel_params = c.clone();
+        }
+        if let Some(t) = self.boot_timeout {
+            config.boot_timeout = Duration::from_secs(t);
+        }
+        let request = match self.accel {
+            Some(a) => BackendRequest::Qemu(Some(a)),
+            None => config.backend_request(),
+        };
+        let mut vm = config.vm_config();
+        vm.state_root = self.state_root.clone();
+        Ok(Resolved {
+            config,
+            request,
+            vm,
+        })
     }
 }
 
@@ -162,13 +203,14 @@ fn print_check(r: &check::CheckReport) {
 }
 
 async fn boot_one(args: &VmArgs, id: &str) -> Result<(Vm, check::BackendChoice)> {
-    let report = check::run(args.request(), &args.image()).await;
+    let r = args.resolve()?;
+    let report = check::run(r.request, &r.config.image).await;
     let choice = report
         .backend
         .map_err(anyhow::Error::msg)
         .context("choosing a backend")?;
     let hv = check::backend(&choice);
-    let vm = Vm::boot(hv.as_ref(), id, &args.config()).await?;
+    let vm = Vm::boot(hv.as_ref(), id, &r.vm).await?;
     Ok((vm, choice))
 }
 
@@ -275,13 +317,59 @@ async fn cmd_bench_boot(args: VmArgs, count: usize, json: Option<PathBuf>) -> Re
     Ok(())
 }
 
+async fn cmd_bench_ctr(
+    bench: CtrBench,
+    json: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<()> {
+    if bench.runs == 0 {
+        bail!("--count must be at least 1");
+    }
+    // The accelerator the shim will pick: same config, same rule.
+    let cfg = HullConfig::load(config.as_deref())?;
+    let report = check::run_cached(cfg.backend_request(), &cfg.image).await;
+    let accel = match &report.backend {
+        Ok(c) => format!("{} {}", c.backend, c.accel),
+        Err(e) => bail!("no usable backend: {e}"),
+    };
+    let b = bench.clone();
+    let result = tokio::task::spawn_blocking(move || b.run(|line| eprintln!("{line}"))).await??;
+    print!("{}", result.table(&bench.runtime, &bench.reference, &accel));
+    if accel.ends_with("tcg") {
+        println!("(TCG: the guest runs in software emulation — not a KVM figure)");
+    }
+    if let Some(path) = json {
+        let doc = serde_json::json!({ "accelerator": accel, "result": result });
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { json, vm } => {
-            let report = check::run(vm.request(), &vm.image()).await;
+            let resolved = match vm.resolve() {
+                Ok(r) => r,
+                Err(e) => {
+                    println!("config:     INVALID — {e}");
+                    println!("ready:      no");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if !json {
+                println!(
+                    "config:     {}",
+                    resolved.config.source.as_deref().map_or(
+                        format!("none ({DEFAULT_CONFIG_PATH} absent): defaults"),
+                        |p| format!("{} (valid)", p.display())
+                    )
+                );
+            }
+            let report = check::run(resolved.request, &resolved.config.image).await;
             if json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => println!("{s}"),
@@ -300,6 +388,29 @@ async fn main() -> ExitCode {
         Command::Bench {
             what: Bench::Boot { count, json, vm },
         } => cmd_bench_boot(vm, count, json).await,
+        Command::Bench {
+            what:
+                Bench::Ctr {
+                    address,
+                    namespace,
+                    image,
+                    count,
+                    reference,
+                    json,
+                    config,
+                },
+        } => {
+            let bench = CtrBench {
+                address,
+                namespace,
+                image,
+                runs: count,
+                runtime: "io.containerd.hull.v2".into(),
+                reference,
+                state_root: hull_shim::DEFAULT_STATE_ROOT.into(),
+            };
+            cmd_bench_ctr(bench, json, config).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

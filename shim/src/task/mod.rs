@@ -5,6 +5,7 @@
 //! pod of its own. Handlers are thin: validate, call [`pod::Pod`], map the error to a ttrpc
 //! code, publish the event containerd's runtime v2 contract asks for.
 
+pub mod logging;
 pub mod pod;
 pub mod stdio;
 
@@ -27,10 +28,9 @@ use containerd_shim::{Config, Error, Flags, StartOpts, TtrpcResult};
 use hull_protocol::agent as ag;
 
 use crate::agent::AgentError;
-use crate::check::{self, BackendRequest};
-use crate::image::GuestImage;
-use crate::vm::VmConfig;
-use pod::{Exited, Pod, PodError, Proc, Status, StdioPaths};
+use crate::check;
+use crate::config::{self, Config as HullConfig};
+use pod::{Exited, Pod, PodError, Proc, Status, StdioPaths, VmSetup};
 
 /// The annotation containerd's CRI plugin puts on every container of a pod.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
@@ -68,15 +68,26 @@ pub async fn start_pod_shim(opts: StartOpts) -> Result<String, Error> {
     let cwd = std::env::current_dir().map_err(|e| Error::Other(format!("cwd: {e}")))?;
     let grouping = pod_id_of(&cwd, &opts.id);
     let address = opts.socket_address(&grouping);
-    if let Some(path) = address.strip_prefix("unix://") {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Ok(address);
+    let joined = match address.strip_prefix("unix://") {
+        Some(path) if std::os::unix::net::UnixStream::connect(path).is_ok() => true,
+        Some(path) => {
+            // Nobody serves it: a dead shim's socket file, which would keep the new one
+            // from binding.
+            let _ = std::fs::remove_file(path);
+            false
         }
-        // Nobody serves it: a dead shim's socket file, which would keep the new one from
-        // binding.
-        let _ = std::fs::remove_file(path);
-    }
-    spawn(opts, &grouping, Vec::new()).await
+        None => false,
+    };
+    let address = if joined {
+        address
+    } else {
+        spawn(opts, &grouping, Vec::new()).await?
+    };
+    // containerd reconnects to running shims after a restart by reading `address` in each
+    // bundle (runtime v2 `loadShims`); writing it is the shim's job, as runc's shim does.
+    std::fs::write(cwd.join("address"), &address)
+        .map_err(|e| Error::Other(format!("writing {}/address: {e}", cwd.display())))?;
+    Ok(address)
 }
 
 /// containerd 1.6's `start` contract: the flags and `TTRPC_ADDRESS` carry the parameters,
@@ -148,19 +159,6 @@ impl Shim for HullShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         let publisher = Arc::new(publisher);
-        let image = GuestImage::from_env();
-        let mut cfg = VmConfig::new(image.kernel.clone(), image.initrd.clone());
-        cfg.share = true;
-        let report = check::run(BackendRequest::Auto, &image).await;
-        let hv: Box<dyn crate::backend::Hypervisor> = match &report.backend {
-            Ok(choice) => check::backend(choice),
-            Err(e) => {
-                log::error!("no usable hypervisor backend: {e}");
-                Box::new(crate::backend::qemu::Qemu::new(
-                    crate::backend::qemu::Accel::Tcg,
-                ))
-            }
-        };
         let (ns, pub2) = (self.namespace.clone(), publisher.clone());
         let on_exit: pod::ExitHook = Arc::new(move |p: &Proc, e: &Exited| {
             let ev = TaskExit {
@@ -179,12 +177,41 @@ impl Shim for HullShim {
         });
         let pod_id = pod_id_of(&std::env::current_dir().unwrap_or_default(), &self.id);
         TaskService {
-            pod: Pod::new(&pod_id, cfg, hv, on_exit),
+            pod: Pod::new(&pod_id, &self.namespace, on_exit),
             publisher,
             namespace: self.namespace.clone(),
             exit: self.exit.clone(),
         }
     }
+}
+
+/// Resolves how a pod's VM is made: the configuration (the file `config_path` names, else
+/// `HULL_CONFIG`, else `/etc/hull/config.toml`) and a backend this host can run. Errors name
+/// the file, key or missing piece.
+pub async fn vm_setup(config_path: Option<&Path>) -> Result<VmSetup, PodError> {
+    let cfg =
+        HullConfig::load(config_path).map_err(|e| PodError::InvalidArgument(e.to_string()))?;
+    log::set_max_level(cfg.log_level);
+    let report = check::run_cached(cfg.backend_request(), &cfg.image).await;
+    let choice = report
+        .backend
+        .map_err(|e| PodError::FailedPrecondition(format!("no usable hypervisor backend: {e}")))?;
+    log::info!(
+        "config {}: backend {} ({}), {} vCPU, {} MiB",
+        cfg.source
+            .as_deref()
+            .map_or("(defaults)".into(), |p| p.display().to_string()),
+        choice.backend,
+        choice.reason,
+        cfg.vcpus,
+        cfg.memory_mib
+    );
+    let mut vm_cfg = cfg.vm_config();
+    vm_cfg.share = true;
+    Ok(VmSetup {
+        vm_cfg,
+        hypervisor: check::backend(&choice),
+    })
 }
 
 fn publish<E: Event + 'static>(publisher: &Arc<RemotePublisher>, namespace: &str, event: E) {
@@ -271,6 +298,15 @@ impl Task for TaskService {
             return Err(status(PodError::InvalidArgument(
                 "restoring from a checkpoint is not supported".into(),
             )));
+        }
+        if !self.pod.is_configured() {
+            let path = match req.options.as_ref() {
+                Some(o) => config::config_path_of(&o.type_url, &o.value)
+                    .map_err(|e| status(PodError::InvalidArgument(e.to_string())))?,
+                None => None,
+            };
+            self.pod
+                .configure(vm_setup(path.as_deref()).await.map_err(status)?);
         }
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),

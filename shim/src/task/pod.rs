@@ -20,7 +20,7 @@ use crate::agent::{Agent, AgentError};
 use crate::backend::qemu::SHARE_TAG;
 use crate::vm::{Vm, VmConfig, VmError};
 
-use super::stdio;
+use super::{logging, stdio};
 
 /// Errors of pod operations; each maps to one ttrpc code.
 #[derive(Debug, Error)]
@@ -134,6 +134,8 @@ pub struct Proc {
     pub spec: Vec<u8>,
     io_tasks: Mutex<Vec<JoinHandle<()>>>,
     stdin_task: Mutex<Option<JoinHandle<()>>>,
+    /// The `binary://` logging program, if output goes to one.
+    logger: Mutex<Option<tokio::process::Child>>,
 }
 
 impl Proc {
@@ -148,6 +150,7 @@ impl Proc {
             spec,
             io_tasks: Mutex::new(vec![]),
             stdin_task: Mutex::new(None),
+            logger: Mutex::new(None),
         })
     }
 
@@ -214,32 +217,50 @@ impl Proc {
 
     /// Opens the agent streams for this process's stdio and starts the bridges. Returns
     /// the stream ids to name in the agent request.
-    async fn connect_stdio(&self, agent: &Agent) -> Result<MessageField<StdioStreams>, PodError> {
-        let ids = self.stream_ids();
-        let paths = [&self.stdio.stdin, &self.stdio.stdout, &self.stdio.stderr];
-        for (i, (id, path)) in ids.iter().zip(paths).enumerate() {
-            if id.is_empty() {
-                continue;
-            }
-            let stream = agent.open_stream(id).await?;
-            let path = Path::new(path);
-            if i == 0 {
-                *self.stdin_task.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(stdio::fifo_to_input(stream, path));
+    async fn connect_stdio(
+        &self,
+        agent: &Agent,
+        namespace: &str,
+    ) -> Result<MessageField<StdioStreams>, PodError> {
+        let [stdin_id, stdout_id, stderr_id] = self.stream_ids();
+        let mut outputs = logging::open(
+            if stdout_id.is_empty() {
+                ""
             } else {
-                let t = stdio::output_to_fifo(stream, path)
-                    .map_err(io(format!("opening {}", path.display())))?;
-                self.io_tasks
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(t);
-            }
+                &self.stdio.stdout
+            },
+            if stderr_id.is_empty() {
+                ""
+            } else {
+                &self.stdio.stderr
+            },
+            &self.container_id,
+            namespace,
+        )
+        .await
+        .map_err(|e| PodError::InvalidArgument(e.to_string()))?;
+        *self.logger.lock().unwrap_or_else(|e| e.into_inner()) = outputs.logger.take();
+        for (id, out) in [
+            (&stdout_id, outputs.stdout.take()),
+            (&stderr_id, outputs.stderr.take()),
+        ] {
+            let Some(out) = out else { continue };
+            let stream = agent.open_stream(id).await?;
+            let t = stdio::copy_output(stream, out);
+            self.io_tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(t);
         }
-        let [stdin, stdout, stderr] = ids;
+        if !stdin_id.is_empty() {
+            let stream = agent.open_stream(&stdin_id).await?;
+            *self.stdin_task.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(stdio::fifo_to_input(stream, Path::new(&self.stdio.stdin)));
+        }
         Ok(MessageField::some(StdioStreams {
-            stdin,
-            stdout,
-            stderr,
+            stdin: stdin_id,
+            stdout: stdout_id,
+            stderr: stderr_id,
             ..Default::default()
         }))
     }
@@ -251,13 +272,20 @@ impl Proc {
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
+        let logger = self.logger.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(child) = logger {
+            // Its input is complete; containerd's shims let it finish before the exit.
+            logging::finish_logger(child).await;
+        }
         let e = Exited { status, at: now() };
         self.set_status(Status::Stopped);
-        let _ = self.exit.send(Some(e.clone()));
+        self.exit.send_replace(Some(e.clone()));
         e
     }
 
     fn abort_io(&self) {
+        // Dropping the child kills it (kill_on_drop).
+        drop(self.logger.lock().unwrap_or_else(|e| e.into_inner()).take());
         for t in self
             .io_tasks
             .lock()
@@ -320,12 +348,22 @@ impl Container {
 /// What the pod does when a process exits (the service publishes events).
 pub type ExitHook = Arc<dyn Fn(&Proc, &Exited) + Send + Sync>;
 
+/// How a pod's VM is made: the configuration and backend resolved at its first create.
+#[derive(Debug)]
+pub struct VmSetup {
+    /// How the VM boots.
+    pub vm_cfg: VmConfig,
+    /// The backend that runs it.
+    pub hypervisor: Box<dyn crate::backend::Hypervisor>,
+}
+
 /// The pod.
 pub struct Pod {
     /// The pod id (sandbox id, or the container id for a plain `ctr run`).
     pub id: String,
-    vm_cfg: VmConfig,
-    hypervisor: Box<dyn crate::backend::Hypervisor>,
+    /// containerd's namespace of the pod's containers.
+    pub namespace: String,
+    setup: Mutex<Option<Arc<VmSetup>>>,
     vm: tokio::sync::Mutex<Option<Vm>>,
     agent: Mutex<Option<Agent>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
@@ -341,22 +379,41 @@ impl std::fmt::Debug for Pod {
 }
 
 impl Pod {
-    /// A pod with no VM yet.
-    pub fn new(
-        id: &str,
-        vm_cfg: VmConfig,
-        hypervisor: Box<dyn crate::backend::Hypervisor>,
-        on_exit: ExitHook,
-    ) -> Arc<Pod> {
+    /// A pod with no VM yet; [`Pod::configure`] says how to make it.
+    pub fn new(id: &str, namespace: &str, on_exit: ExitHook) -> Arc<Pod> {
         Arc::new(Pod {
             id: id.into(),
-            vm_cfg,
-            hypervisor,
+            namespace: namespace.into(),
+            setup: Mutex::new(None),
             vm: tokio::sync::Mutex::new(None),
             agent: Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
             on_exit,
         })
+    }
+
+    /// Whether the pod's VM setup is decided (by an earlier create).
+    pub fn is_configured(&self) -> bool {
+        self.setup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Decides how the pod's VM is made, unless an earlier create already did.
+    pub fn configure(&self, setup: VmSetup) {
+        let mut slot = self.setup.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(Arc::new(setup));
+        }
+    }
+
+    fn vm_setup(&self) -> Result<Arc<VmSetup>, PodError> {
+        self.setup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| PodError::FailedPrecondition("the pod's VM is not configured".into()))
     }
 
     /// The container `id`.
@@ -391,7 +448,10 @@ impl Pod {
     }
 
     /// Boots the VM if it is not running; returns the agent and the share directory.
-    async fn ensure_vm(&self) -> Result<(Agent, PathBuf), PodError> {
+    /// `hostname` names the guest (the first container's spec hostname: the pod's, under
+    /// CRI); without one the guest takes the host's name, which is what a runc container
+    /// without a hostname sees in its new UTS namespace.
+    async fn ensure_vm(&self, hostname: Option<&str>) -> Result<(Agent, PathBuf), PodError> {
         let mut slot = self.vm.lock().await;
         if let Some(vm) = slot.as_ref() {
             let share = vm
@@ -401,7 +461,8 @@ impl Pod {
         }
         // This shim owns the pod id (it holds the pod's socket): a state directory left by a
         // dead predecessor is stale, and would block the boot.
-        let stale = self.vm_cfg.state_root.join(&self.id);
+        let setup = self.vm_setup()?;
+        let stale = setup.vm_cfg.state_root.join(&self.id);
         if stale.exists() {
             log::warn!(
                 "pod {}: cleaning up stale state {}",
@@ -410,7 +471,7 @@ impl Pod {
             );
             crate::vm::cleanup_dead(&stale);
         }
-        let vm = Vm::boot(self.hypervisor.as_ref(), &self.id, &self.vm_cfg).await?;
+        let vm = Vm::boot(setup.hypervisor.as_ref(), &self.id, &setup.vm_cfg).await?;
         let agent = vm.agent().clone();
         let share = vm
             .share_dir()
@@ -421,6 +482,12 @@ impl Pod {
                 ctx,
                 &ag::CreateSandboxRequest {
                     share_tag: SHARE_TAG.into(),
+                    hostname: match hostname.filter(|h| !h.is_empty()) {
+                        Some(h) => h.to_string(),
+                        None => nix::unistd::gethostname()
+                            .map(|h| h.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    },
                     ..Default::default()
                 },
             )
@@ -472,7 +539,7 @@ impl Pod {
         let parsed: serde_json::Value = serde_json::from_slice(&spec).map_err(|e| {
             PodError::InvalidArgument(format!("{}/config.json: {e}", bundle.display()))
         })?;
-        let (agent, share) = self.ensure_vm().await?;
+        let (agent, share) = self.ensure_vm(parsed["hostname"].as_str()).await?;
         let target = share.join(id).join("rootfs");
         std::fs::create_dir_all(&target).map_err(io(format!("creating {}", target.display())))?;
         let result = self
@@ -523,7 +590,7 @@ impl Pod {
                 })?;
         }
         let proc = Proc::new(id, "", stdio, vec![]);
-        let streams = proc.connect_stdio(agent).await?;
+        let streams = proc.connect_stdio(agent, &self.namespace).await?;
         let (client, ctx) = agent.raw();
         let req = ag::CreateContainerRequest {
             container_id: id.into(),
@@ -611,7 +678,7 @@ impl Pod {
                     source,
                 })?;
         } else {
-            let streams = p.connect_stdio(&agent).await?;
+            let streams = p.connect_stdio(&agent, &self.namespace).await?;
             let r = client
                 .exec_process(
                     ctx,
@@ -812,7 +879,7 @@ impl Pod {
                         at: now(),
                     };
                     p.set_status(Status::Stopped);
-                    let _ = p.exit.send(Some(e.clone()));
+                    p.exit.send_replace(Some(e.clone()));
                     (self.on_exit)(&p, &e);
                 }
             }

@@ -1,7 +1,8 @@
-//! Bridges containerd's stdio (named FIFOs, as `ctr` and the CRI plugin create them) to the
-//! agent's stdio streams (one vsock stream per process stream).
+//! Bridges containerd's stdio (named FIFOs, as `ctr` and the CRI plugin create them, or the
+//! log URIs of [`super::logging`]) to the agent's stdio streams (one vsock stream per
+//! process stream).
 //!
-//! Output: agent stream → FIFO, until the agent closes the stream after the process's last
+//! Output: agent stream → FIFO (or log file or logging binary), until the agent closes the stream after the process's last
 //! byte. Input: FIFO → agent stream, until the writer closes the FIFO (then the stream's
 //! write half is shut, which the agent turns into EOF on the process's stdin).
 
@@ -9,23 +10,21 @@ use std::path::Path;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
+
+use super::logging::Writer;
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
-/// Copies `stream` to the FIFO at `path` until EOF.
-pub fn output_to_fifo(stream: UnixStream, path: &Path) -> std::io::Result<JoinHandle<()>> {
-    // Read-write open never blocks and never fails for lack of a reader; the reader
-    // (containerd/ctr) sees EOF once this, the only writer, closes.
-    let mut fifo = pipe::OpenOptions::new()
-        .read_write(true)
-        .open_sender(path)?;
-    let what = path.display().to_string();
-    Ok(tokio::spawn(async move {
+/// Copies `stream` to `out` (a FIFO, a log file or a logging binary's pipe, see
+/// [`super::logging`]) until EOF; then `out` is closed.
+pub fn copy_output(stream: UnixStream, mut out: Writer) -> JoinHandle<()> {
+    tokio::spawn(async move {
         let (mut rd, _wr) = stream.into_split();
-        if let Err(e) = tokio::io::copy(&mut rd, &mut fifo).await {
-            log::debug!("copying output to {what}: {e}");
+        if let Err(e) = tokio::io::copy(&mut rd, &mut out).await {
+            log::debug!("copying output: {e}");
         }
-    }))
+        let _ = out.flush().await;
+    })
 }
 
 /// Copies the FIFO at `path` to `stream` until the FIFO's writer closes it.
