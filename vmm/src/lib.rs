@@ -11,13 +11,14 @@
 //! "not implemented" error until its GIC/FDT/PSCI code is written.
 //!
 //! virtio devices sit on the virtio-mmio transport ([`devices::virtio`]): vsock, block (raw
-//! image files) and net (a tap).
+//! image files), net (a tap), and virtio-fs as a vhost-user frontend to virtiofsd
+//! (`--fs TAG=SOCKET`).
 //!
 //! Least privilege: every thread runs under its own seccomp allowlist ([`seccomp`]), and
 //! hull-vmm started as root can become an unprivileged user once the VM is built
 //! ([`privileges`], `--uid`/`--gid`).
 //!
-//! Not here yet: virtio-fs, the control socket, bzImage boot. Each is tracked in issue 3.
+//! Not here yet: the control socket, bzImage boot. Each is tracked in issue 3.
 
 pub mod arch;
 pub mod builder;
