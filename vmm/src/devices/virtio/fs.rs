@@ -37,13 +37,19 @@
 //! # What this module does
 //! - At construction (VMM start): connects, `SET_OWNER`, `GET_FEATURES`, protocol-feature
 //!   negotiation (`REPLY_ACK` only, so every later message is confirmed), and builds the
-//!   config space (`tag[36]`, `num_request_queues` = 1).
+//!   config space (`tag[36]`, `num_request_queues` = 1). The eventfds, the relay's epoll
+//!   and its duplicate of the socket are made here too, before any seccomp filter.
 //! - On DRIVER_OK ([`VirtioDevice::activate`]): `SET_FEATURES`, `SET_MEM_TABLE` with the
 //!   guest RAM memfd, and per queue `SET_VRING_NUM/BASE/ADDR/KICK/CALL`, then
 //!   `SET_VRING_ENABLE`. Kicks go from KVM's ioeventfds straight to the backend. Calls come
 //!   back on one eventfd that a relay thread turns into the MMIO InterruptStatus VRING bit
 //!   plus the irqfd (a virtio-mmio driver reads InterruptStatus, so the backend cannot
 //!   inject the interrupt by itself).
+//! - Seccomp: activation runs on a vCPU thread, so the vCPU list allows what it does
+//!   there: `sendmsg` (flags `MSG_NOSIGNAL`, with the memfd and eventfds as SCM_RIGHTS) and
+//!   `recvmsg` (flags 0, the `REPLY_ACK` replies) on the vhost-user socket, and `epoll_ctl`.
+//!   The relay thread starts through [`crate::seccomp::spawn_device_thread`] and needs
+//!   only the device list (epoll wait, eventfd read, irqfd write).
 //! - If the backend dies (its socket hangs up), the relay logs it and stops: the device is
 //!   dead for the guest, hull-vmm keeps running.
 //!
@@ -53,8 +59,8 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use thiserror::Error;
 use vhost::vhost_user::{
@@ -114,6 +120,9 @@ pub enum FsError {
     /// An eventfd could not be created.
     #[error("creating an eventfd: {0}")]
     EventFd(std::io::Error),
+    /// The interrupt relay's eventfd, epoll or socket duplicate could not be made.
+    #[error("setting up the interrupt relay: {0}")]
+    Relay(std::io::Error),
 }
 
 /// The virtio-fs device: config space and the vhost-user connection to its backend.
@@ -124,7 +133,13 @@ pub struct VhostUserFs {
     backend_features: u64,
     queue_events: Vec<EventFd>,
     config: [u8; CONFIG_SIZE],
-    relay: Option<JoinHandle<()>>,
+    /// The interrupt relay, made at construction (before the seccomp filters: eventfd and
+    /// epoll_create are on no thread's list) and moved into its thread at activation.
+    relay: Option<Relay>,
+    /// Set once activation started the relay thread.
+    active: bool,
+    /// Set by the relay thread when it ends (the backend hung up).
+    relay_done: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for VhostUserFs {
@@ -137,7 +152,7 @@ impl std::fmt::Debug for VhostUserFs {
                 "backend_features",
                 &format_args!("{:#x}", self.backend_features),
             )
-            .field("active", &self.relay.is_some())
+            .field("active", &self.active)
             .finish()
     }
 }
@@ -189,13 +204,18 @@ impl VhostUserFs {
         let mut config = [0u8; CONFIG_SIZE];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_MAX_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
+        let relay_done = Arc::new(AtomicBool::new(false));
+        let relay = Relay::new(frontend.as_raw_fd(), tag.to_string(), relay_done.clone())
+            .map_err(FsError::Relay)?;
         Ok(VhostUserFs {
             tag: tag.to_string(),
             frontend,
             backend_features,
             queue_events,
             config,
-            relay: None,
+            relay: Some(relay),
+            active: false,
+            relay_done,
         })
     }
 
@@ -207,7 +227,7 @@ impl VhostUserFs {
     /// Whether the interrupt relay has stopped (the backend hung up); false before
     /// activation.
     pub fn relay_stopped(&self) -> bool {
-        self.relay.as_ref().is_some_and(JoinHandle::is_finished)
+        self.relay_done.load(Ordering::Acquire)
     }
 
     /// Hands guest memory and the queues to the backend and starts the interrupt relay.
@@ -233,8 +253,8 @@ impl VhostUserFs {
         self.frontend
             .set_mem_table(&regions)
             .map_err(backend("SET_MEM_TABLE"))?;
-        let call =
-            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(ActivateError::Spawn)?;
+        let relay = self.relay.take().ok_or(ActivateError::AlreadyActive)?;
+        let call = &relay.call;
         for (i, q) in queues.iter().enumerate() {
             // vhost-user ring addresses are the frontend's virtual addresses; the backend
             // translates them through the memory table. The transport checked that every
@@ -270,7 +290,7 @@ impl VhostUserFs {
                 .set_vring_kick(i, kick)
                 .map_err(backend("SET_VRING_KICK"))?;
             self.frontend
-                .set_vring_call(i, &call)
+                .set_vring_call(i, call)
                 .map_err(backend("SET_VRING_CALL"))?;
         }
         if protocol != 0 {
@@ -281,14 +301,10 @@ impl VhostUserFs {
                     .map_err(backend("SET_VRING_ENABLE"))?;
             }
         }
-        let relay = Relay::new(call, self.frontend.as_raw_fd(), interrupt, self.tag.clone())
+        // On a vCPU thread: the spawner creates the relay thread under the device filter.
+        crate::seccomp::spawn_device_thread("virtio-fs", move || relay.run(&interrupt))
             .map_err(ActivateError::Spawn)?;
-        self.relay = Some(
-            std::thread::Builder::new()
-                .name("virtio-fs".into())
-                .spawn(move || relay.run())
-                .map_err(ActivateError::Spawn)?,
-        );
+        self.active = true;
         Ok(())
     }
 }
@@ -335,7 +351,7 @@ impl VirtioDevice for VhostUserFs {
         acked_features: u64,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if self.relay.is_some() {
+        if self.active {
             return Err(ActivateError::AlreadyActive);
         }
         if queues.len() != QUEUE_SIZES.len() {
@@ -359,17 +375,19 @@ struct Relay {
     call: EventFd,
     /// A duplicate of the vhost-user socket, watched for hang-up only.
     _socket: OwnedFd,
-    interrupt: Arc<Interrupt>,
     tag: String,
+    /// Set when [`Relay::run`] returns.
+    done: Arc<AtomicBool>,
 }
 
 impl Relay {
+    /// The backend's call eventfd, an epoll over it and over a duplicate of `socket`.
     fn new(
-        call: EventFd,
         socket: std::os::fd::RawFd,
-        interrupt: Arc<Interrupt>,
         tag: String,
+        done: Arc<AtomicBool>,
     ) -> std::io::Result<Self> {
+        let call = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         // SAFETY: `socket` is the frontend's open socket, owned by the device that outlives
         // this call; F_DUPFD_CLOEXEC only creates a new descriptor.
         let dup = unsafe { libc::fcntl(socket, libc::F_DUPFD_CLOEXEC, 0) };
@@ -394,12 +412,17 @@ impl Relay {
             epoll,
             call,
             _socket: socket,
-            interrupt,
             tag,
+            done,
         })
     }
 
-    fn run(self) {
+    fn run(self, interrupt: &Interrupt) {
+        self.relay(interrupt);
+        self.done.store(true, Ordering::Release);
+    }
+
+    fn relay(&self, interrupt: &Interrupt) {
         let mut events = [EpollEvent::default(); 2];
         loop {
             let n = match self.epoll.wait(-1, &mut events) {
@@ -414,7 +437,7 @@ impl Relay {
                 match e.data() {
                     TOKEN_CALL => {
                         if self.call.read().is_ok() {
-                            self.interrupt.signal_used_queue();
+                            interrupt.signal_used_queue();
                         }
                     }
                     _ => {
