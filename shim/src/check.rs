@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::backend::hullvmm::{HullVmm, DEFAULT_HULL_VMM};
 use crate::backend::qemu::{Accel, Qemu, DEFAULT_QEMU, DEFAULT_VSOCK_DAEMON};
-use crate::backend::{resolve_backend, BackendKind, Hypervisor, RequestedBackend};
+use crate::backend::{BackendKind, Hypervisor};
 use crate::image::GuestImage;
 use crate::kvm_probe::{self, KvmProbe, KvmVerdict};
 
@@ -53,6 +53,25 @@ pub enum BackendRequest {
     Qemu(Option<Accel>),
     /// hull's own VMM (needs native KVM).
     HullVmm,
+}
+
+/// Picks the backend kind for `request` given the KVM verdict (the rule; whether the
+/// binaries are installed is [`choose_backend`]'s business). `Auto` takes hull-vmm only
+/// where KVM runs guest kernel code natively, QEMU (KVM or TCG) everywhere else. hull-vmm
+/// asked for by name where KVM is not native is refused with the reason: no Linux guest
+/// would boot (hull-vmm has no software emulation).
+pub fn resolve_backend(request: BackendRequest, kvm: KvmVerdict) -> Result<BackendKind, String> {
+    match (request, kvm) {
+        (BackendRequest::Qemu(_), _) => Ok(BackendKind::Qemu),
+        (BackendRequest::HullVmm | BackendRequest::Auto, KvmVerdict::Native) => {
+            Ok(BackendKind::HullVmm)
+        }
+        (BackendRequest::Auto, _) => Ok(BackendKind::Qemu),
+        (BackendRequest::HullVmm, v) => Err(format!(
+            "backend hull-vmm was asked for, but KVM is {v:?} on this host (hull-vmm needs \
+             KVM that runs guest kernel code natively; use qemu)"
+        )),
+    }
 }
 
 /// The backend hull would use, and why.
@@ -100,12 +119,7 @@ pub fn choose_backend(
     vsock_daemon_ok: bool,
     hull_vmm_ok: bool,
 ) -> Result<BackendChoice, String> {
-    let requested = match request {
-        BackendRequest::Auto => RequestedBackend::Auto,
-        BackendRequest::Qemu(_) => RequestedBackend::Qemu,
-        BackendRequest::HullVmm => RequestedBackend::HullVmm,
-    };
-    if resolve_backend(requested, kvm)? == BackendKind::HullVmm {
+    if resolve_backend(request, kvm)? == BackendKind::HullVmm {
         if hull_vmm_ok {
             return Ok(BackendChoice {
                 backend: "hull-vmm",
@@ -297,6 +311,35 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolve_backend_takes_hull_vmm_only_on_native_kvm_and_refuses_it_elsewhere() {
+        use KvmVerdict::*;
+        assert_eq!(
+            resolve_backend(BackendRequest::Auto, Native),
+            Ok(BackendKind::HullVmm)
+        );
+        assert_eq!(
+            resolve_backend(BackendRequest::HullVmm, Native),
+            Ok(BackendKind::HullVmm)
+        );
+        for v in [Emulated, Unavailable] {
+            assert_eq!(
+                resolve_backend(BackendRequest::Auto, v),
+                Ok(BackendKind::Qemu)
+            );
+            let e = resolve_backend(BackendRequest::HullVmm, v).unwrap_err();
+            assert!(e.contains(&format!("{v:?}")), "{e}");
+        }
+        for v in [Native, Emulated, Unavailable] {
+            for accel in [None, Some(Accel::Kvm), Some(Accel::Tcg)] {
+                assert_eq!(
+                    resolve_backend(BackendRequest::Qemu(accel), v),
+                    Ok(BackendKind::Qemu)
+                );
+            }
+        }
+    }
 
     #[test]
     fn auto_uses_kvm_only_where_it_is_native() {

@@ -4,10 +4,16 @@
 //! hull-vmm has vsock built in (it binds the hybrid-vsock socket itself, `--vsock-uds`), so
 //! the only helper is one `virtiofsd` per VM with a share; it exits when hull-vmm
 //! disconnects, and [`HullVmmVm::terminate`] kills it anyway. hull-vmm needs KVM that runs
-//! guest kernel code natively: [`super::resolve_backend`] picks it only there.
+//! guest kernel code natively: [`crate::check::resolve_backend`] picks it only there.
 //!
-//! Not here: seccomp/jailing of hull-vmm itself (it runs as the shim's child with the
-//! shim's privileges), network and block devices.
+//! hull-vmm runs with its per-thread seccomp filters (its default; this backend never
+//! passes `--no-seccomp`).
+//!
+//! Not here: `--uid/--gid/--chroot` (hull-vmm runs as the shim's child with the shim's
+//! privileges). Not trivial: it needs a per-pod user, a chroot holding the pod's
+//! hybrid-vsock socket and `<uds>_<port>` listeners connectable by that user, and the
+//! virtiofsd socket opened before the drop; left for a later change. Network and block
+//! devices.
 
 use std::path::PathBuf;
 use std::process::ExitStatus;

@@ -40,6 +40,8 @@ fn command_line_carries_the_image_resources_console_and_hybrid_vsock_socket() {
     // The same socket the shim listens beside (<uds>_1025) and connects to.
     assert_eq!(value_of(&a, "--vsock-uds"), ["/run/hull/t1/vsock.sock"]);
     assert!(value_of(&a, "--fs").is_empty());
+    // hull-vmm's seccomp filters stay on (its default): never --no-seccomp or the trap mode.
+    assert!(!a.iter().any(|x| x.contains("seccomp")), "{a:?}");
     // Every flag is one hull-vmm knows (its parser rejects unknown ones).
     for flag in a.iter().filter(|x| x.starts_with("--")) {
         assert!(

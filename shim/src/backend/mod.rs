@@ -16,8 +16,6 @@ use std::process::ExitStatus;
 use async_trait::async_trait;
 use thiserror::Error;
 
-use crate::kvm_probe::KvmVerdict;
-
 /// Everything a backend needs to start one VM. Paths are absolute; the state directory
 /// exists and belongs to this VM alone.
 #[derive(Debug, Clone)]
@@ -129,94 +127,4 @@ pub enum BackendKind {
     Qemu,
     /// hull's own KVM VMM ([`hullvmm`]).
     HullVmm,
-}
-
-/// The backend a configuration or command line asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RequestedBackend {
-    /// The best this host runs: see [`resolve_backend`].
-    #[default]
-    Auto,
-    /// QEMU.
-    Qemu,
-    /// hull-vmm.
-    HullVmm,
-}
-
-impl std::str::FromStr for RequestedBackend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(RequestedBackend::Auto),
-            "qemu" => Ok(RequestedBackend::Qemu),
-            "hull-vmm" => Ok(RequestedBackend::HullVmm),
-            other => Err(format!(
-                "unknown backend {other:?} (expected auto, qemu or hull-vmm)"
-            )),
-        }
-    }
-}
-
-/// Picks the backend for `requested` given `hull check`'s KVM verdict. `auto` takes
-/// hull-vmm only where KVM runs guest kernel code natively, QEMU (KVM or TCG) everywhere
-/// else. hull-vmm asked for by name where KVM is not native is refused: no Linux guest
-/// would boot (hull-vmm has no software emulation).
-pub fn resolve_backend(
-    requested: RequestedBackend,
-    kvm: KvmVerdict,
-) -> Result<BackendKind, String> {
-    match (requested, kvm) {
-        (RequestedBackend::Qemu, _) => Ok(BackendKind::Qemu),
-        (RequestedBackend::HullVmm | RequestedBackend::Auto, KvmVerdict::Native) => {
-            Ok(BackendKind::HullVmm)
-        }
-        (RequestedBackend::Auto, _) => Ok(BackendKind::Qemu),
-        (RequestedBackend::HullVmm, v) => Err(format!(
-            "backend hull-vmm was asked for, but KVM is {v:?} on this host (hull-vmm needs \
-             KVM that runs guest kernel code natively; use qemu)"
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_takes_hull_vmm_only_on_native_kvm() {
-        use KvmVerdict::*;
-        assert_eq!(
-            resolve_backend(RequestedBackend::Auto, Native),
-            Ok(BackendKind::HullVmm)
-        );
-        for v in [Emulated, Unavailable] {
-            assert_eq!(
-                resolve_backend(RequestedBackend::Auto, v),
-                Ok(BackendKind::Qemu)
-            );
-            let e = resolve_backend(RequestedBackend::HullVmm, v).unwrap_err();
-            assert!(e.contains(&format!("{v:?}")), "{e}");
-        }
-        for v in [Native, Emulated, Unavailable] {
-            assert_eq!(
-                resolve_backend(RequestedBackend::Qemu, v),
-                Ok(BackendKind::Qemu)
-            );
-        }
-        assert_eq!(
-            resolve_backend(RequestedBackend::HullVmm, Native),
-            Ok(BackendKind::HullVmm)
-        );
-    }
-
-    #[test]
-    fn backend_names_parse() {
-        assert_eq!("auto".parse(), Ok(RequestedBackend::Auto));
-        assert_eq!("qemu".parse(), Ok(RequestedBackend::Qemu));
-        assert_eq!("hull-vmm".parse(), Ok(RequestedBackend::HullVmm));
-        assert!("firecracker"
-            .parse::<RequestedBackend>()
-            .unwrap_err()
-            .contains("firecracker"));
-    }
 }
