@@ -15,6 +15,10 @@ now() { read -r up _ </proc/uptime; echo "${up%.*}${up#*.}" | sed 's/^0*//;s/^$/
 ms_since() { echo $(( ($(now) - $1) * 10 )); }
 L2_TIMEOUT=${L2_TIMEOUT:-30}
 L2_CMDLINE="console=ttyS0 reboot=t panic=-1 quiet"
+# hull.seccomp=trap on L1's command line: the virtiofs checks run hull-vmm with
+# --seccomp-trap (a syscall off a list is printed with the thread kind; exit status 159).
+SECCOMP_FLAG=
+[ "$(sed -n 's/.*hull\.seccomp=\([^ ]*\).*/\1/p' /proc/cmdline)" = trap ] && SECCOMP_FLAG=--seccomp-trap
 
 say "l1-up kernel=$(uname -r) uptime_s=$(cut -d' ' -f1 /proc/uptime)"
 
@@ -274,7 +278,8 @@ check_virtiofs() {
     start=$(now)
     RUST_LOG=warn,hull_vmm::vstate=info \
     hull-vmm --kernel /l2/vmlinux --initrd /l2/test.cpio \
-        --cmdline "$L2_CMDLINE hull.l2=virtiofs" --vcpus 1 --memory-mib 256 --fs hull-share=/tmp/fs.sock \
+        --cmdline "$L2_CMDLINE hull.l2=virtiofs" --vcpus 1 --memory-mib 256 $SECCOMP_FLAG \
+        --fs hull-share=/tmp/fs.sock \
         --console /tmp/fs.console 2>/tmp/fs.vmm &
     pid=$!
     deadline=$(( $(now) + L2_TIMEOUT * 100 ))
@@ -313,7 +318,8 @@ check_virtiofs_death() {
     i=0
     while [ ! -S /tmp/fs2.sock ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
     hull-vmm --kernel /l2/vmlinux --initrd /l2/initramfs.cpio \
-        --cmdline "$L2_CMDLINE" --vcpus 1 --memory-mib 256 --fs hull-share=/tmp/fs2.sock \
+        --cmdline "$L2_CMDLINE" --vcpus 1 --memory-mib 256 $SECCOMP_FLAG \
+        --fs hull-share=/tmp/fs2.sock \
         --console /tmp/fs2.console 2>/tmp/fs2.vmm &
     pid=$!
     deadline=$(( $(now) + L2_TIMEOUT * 100 ))
