@@ -16,9 +16,13 @@ ms_since() { echo $(( ($(now) - $1) * 10 )); }
 L2_TIMEOUT=${L2_TIMEOUT:-30}
 L2_CMDLINE="console=ttyS0 reboot=t panic=-1 quiet"
 # hull.seccomp=trap on L1's command line: the virtiofs checks run hull-vmm with
-# --seccomp-trap (a syscall off a list is printed with the thread kind; exit status 159).
-SECCOMP_FLAG=
-[ "$(sed -n 's/.*hull\.seccomp=\([^ ]*\).*/\1/p' /proc/cmdline)" = trap ] && SECCOMP_FLAG=--seccomp-trap
+# --seccomp-trap (a syscall off a list is printed with the thread kind; exit status 159);
+# hull.seccomp=off: with --no-seccomp (to compare figures).
+case "$(sed -n 's/.*hull\.seccomp=\([^ ]*\).*/\1/p' /proc/cmdline)" in
+    trap) SECCOMP_FLAG=--seccomp-trap ;;
+    off) SECCOMP_FLAG=--no-seccomp ;;
+    *) SECCOMP_FLAG= ;;
+esac
 
 say "l1-up kernel=$(uname -r) uptime_s=$(cut -d' ' -f1 /proc/uptime)"
 
