@@ -63,6 +63,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use thiserror::Error;
+use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
@@ -195,6 +196,10 @@ impl VhostUserFs {
                 "SET_PROTOCOL_FEATURES",
                 frontend.set_protocol_features(wanted),
             )?;
+            if wanted.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                // vhost asks for the confirmation only of messages sent with NEED_REPLY.
+                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
         }
         let queue_events = QUEUE_SIZES
             .iter()

@@ -36,6 +36,7 @@ const EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_ID
 #[derive(Debug)]
 struct Msg {
     code: u32,
+    flags: u32,
     body: Vec<u8>,
     fd: Option<File>,
 }
@@ -85,7 +86,15 @@ fn fake_backend(features: u64, protocol: u64) -> (UnixStream, UnixStream, Receiv
                     return;
                 }
             }
-            if tx.send(Msg { code, body, fd }).is_err() {
+            if tx
+                .send(Msg {
+                    code,
+                    flags,
+                    body,
+                    fd,
+                })
+                .is_err()
+            {
                 return;
             }
         }
@@ -222,6 +231,9 @@ fn activation_hands_memory_and_rings_to_the_backend_and_relays_its_calls() {
     );
     let table = next(&rx);
     assert_eq!(table.code, SET_MEM_TABLE);
+    // REPLY_ACK was negotiated: the set-up asks for each confirmation (and the fake
+    // backend gives it), so a backend refusing a message fails activation.
+    assert_ne!(table.flags & FLAG_NEED_REPLY, 0, "{:#x}", table.flags);
     assert!(
         table.fd.is_some(),
         "the guest RAM memfd travels with SET_MEM_TABLE"
