@@ -24,7 +24,10 @@
 //!   throughput to gain by moving the server in. Through this device a guest `dd` of
 //!   128 MiB (`conv=fsync`; read from a fresh mount) ran at 0.8–3.2 GiB/s writing and
 //!   0.6–6.4 GiB/s reading over 8 nested runs, by the guest's centisecond clock: L2 on
-//!   kvm_amd under QEMU TCG, noisy, good for "not a bottleneck" and nothing finer.
+//!   kvm_amd under QEMU TCG, noisy, good for "not a bottleneck" and nothing finer. Later
+//!   runs the same day on the merged tree (a busier host) gave 15–32 MiB/s writing and
+//!   34–119 MiB/s reading, with the seccomp filters on and off alike (one run each:
+//!   27/119 off, 32/106 on): the spread is the nesting, not this device.
 //!
 //! What decides it is what the numbers do not show: virtiofsd is a maintained,
 //! security-hardened server (its own seccomp filter, chroot/namespace sandbox, the
