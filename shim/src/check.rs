@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::backend::hullvmm::{HullVmm, DEFAULT_HULL_VMM};
 use crate::backend::qemu::{Accel, Qemu, DEFAULT_QEMU, DEFAULT_VSOCK_DAEMON};
+use crate::backend::{BackendKind, Hypervisor};
 use crate::image::GuestImage;
 use crate::kvm_probe::{self, KvmProbe, KvmVerdict};
 
@@ -49,14 +51,33 @@ pub enum BackendRequest {
     Auto,
     /// QEMU, with the accelerator forced or probed.
     Qemu(Option<Accel>),
-    /// hull's own VMM.
+    /// hull's own VMM (needs native KVM).
     HullVmm,
+}
+
+/// Picks the backend kind for `request` given the KVM verdict (the rule; whether the
+/// binaries are installed is [`choose_backend`]'s business). `Auto` takes hull-vmm only
+/// where KVM runs guest kernel code natively, QEMU (KVM or TCG) everywhere else. hull-vmm
+/// asked for by name where KVM is not native is refused with the reason: no Linux guest
+/// would boot (hull-vmm has no software emulation).
+pub fn resolve_backend(request: BackendRequest, kvm: KvmVerdict) -> Result<BackendKind, String> {
+    match (request, kvm) {
+        (BackendRequest::Qemu(_), _) => Ok(BackendKind::Qemu),
+        (BackendRequest::HullVmm | BackendRequest::Auto, KvmVerdict::Native) => {
+            Ok(BackendKind::HullVmm)
+        }
+        (BackendRequest::Auto, _) => Ok(BackendKind::Qemu),
+        (BackendRequest::HullVmm, v) => Err(format!(
+            "backend hull-vmm was asked for, but KVM is {v:?} on this host (hull-vmm needs \
+             KVM that runs guest kernel code natively; use qemu)"
+        )),
+    }
 }
 
 /// The backend hull would use, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackendChoice {
-    /// `qemu` (hull-vmm is not implemented yet).
+    /// `qemu` or `hull-vmm`.
     pub backend: &'static str,
     /// The accelerator.
     pub accel: Accel,
@@ -73,6 +94,8 @@ pub struct CheckReport {
     pub qemu: Tool,
     /// The vhost-user vsock daemon.
     pub vsock_daemon: Tool,
+    /// hull's own VMM.
+    pub hull_vmm: Tool,
     /// The guest kernel.
     pub kernel: ImageFile,
     /// The guest initramfs.
@@ -94,7 +117,21 @@ pub fn choose_backend(
     kvm: KvmVerdict,
     qemu_ok: bool,
     vsock_daemon_ok: bool,
+    hull_vmm_ok: bool,
 ) -> Result<BackendChoice, String> {
+    if resolve_backend(request, kvm)? == BackendKind::HullVmm {
+        if hull_vmm_ok {
+            return Ok(BackendChoice {
+                backend: "hull-vmm",
+                accel: Accel::Kvm,
+                reason: "KVM runs guest kernel code natively".to_string(),
+            });
+        }
+        if request == BackendRequest::HullVmm {
+            return Err(format!("{DEFAULT_HULL_VMM} not found (make install)"));
+        }
+        // auto without hull-vmm installed: QEMU on KVM below.
+    }
     if !qemu_ok {
         return Err(format!(
             "{DEFAULT_QEMU} not found (apt-get install qemu-system-x86)"
@@ -106,12 +143,9 @@ pub fn choose_backend(
         ));
     }
     let (accel, reason) = match (request, kvm) {
+        // Decided above (chosen or refused); never QEMU in its place.
         (BackendRequest::HullVmm, _) => {
-            return Err(
-                "backend hull-vmm was asked for, but this build of hull cannot \
-                        use it yet (issue 3); use backend = \"qemu\" or \"auto\""
-                    .into(),
-            );
+            return Err("backend hull-vmm was asked for but cannot be used here".into());
         }
         (BackendRequest::Qemu(Some(Accel::Kvm)), v) if v != KvmVerdict::Native => {
             return Err(format!(
@@ -128,7 +162,6 @@ pub fn choose_backend(
             format!("KVM is {v:?} here (cannot run a guest kernel at useful speed); using TCG"),
         ),
     };
-    // hull-vmm joins `auto` (on native KVM) once it is implemented.
     Ok(BackendChoice {
         backend: "qemu",
         accel,
@@ -136,9 +169,17 @@ pub fn choose_backend(
     })
 }
 
-/// Makes the hypervisor for a choice.
+/// The QEMU backend with a choice's accelerator (for callers that need QEMU itself).
 pub fn hypervisor(choice: &BackendChoice) -> Qemu {
     Qemu::new(choice.accel)
+}
+
+/// Makes the backend a choice names.
+pub fn backend(choice: &BackendChoice) -> Box<dyn Hypervisor> {
+    match choice.backend {
+        "hull-vmm" => Box::new(HullVmm::default()),
+        _ => Box::new(hypervisor(choice)),
+    }
 }
 
 /// Finds `name` in PATH (or takes it as a path if it has a `/`).
@@ -211,7 +252,8 @@ pub async fn run(request: BackendRequest, image: &GuestImage) -> CheckReport {
     .await;
     let qemu = tool(DEFAULT_QEMU).await;
     let vsock_daemon = tool(DEFAULT_VSOCK_DAEMON).await;
-    report(request, image, kvm, qemu, vsock_daemon)
+    let hull_vmm = tool(DEFAULT_HULL_VMM).await;
+    report(request, image, kvm, qemu, vsock_daemon, hull_vmm)
 }
 
 /// What a shim needs before booting a pod, fast: the KVM verdict recorded earlier on this
@@ -225,7 +267,8 @@ pub async fn run_cached(request: BackendRequest, image: &GuestImage) -> CheckRep
         detail: String::new(),
     };
     let (qemu, vsock_daemon) = (found(DEFAULT_QEMU), found(DEFAULT_VSOCK_DAEMON));
-    report(request, image, kvm, qemu, vsock_daemon)
+    let hull_vmm = found(DEFAULT_HULL_VMM);
+    report(request, image, kvm, qemu, vsock_daemon, hull_vmm)
 }
 
 async fn probe_off_thread(f: impl FnOnce() -> KvmProbe + Send + 'static) -> KvmProbe {
@@ -245,12 +288,20 @@ fn report(
     kvm: KvmProbe,
     qemu: Tool,
     vsock_daemon: Tool,
+    hull_vmm: Tool,
 ) -> CheckReport {
-    let backend = choose_backend(request, kvm.verdict, qemu.ok(), vsock_daemon.ok());
+    let backend = choose_backend(
+        request,
+        kvm.verdict,
+        qemu.ok(),
+        vsock_daemon.ok(),
+        hull_vmm.ok(),
+    );
     CheckReport {
         kvm,
         qemu,
         vsock_daemon,
+        hull_vmm,
         kernel: image_file(&image.kernel),
         initrd: image_file(&image.initrd),
         backend,
@@ -262,11 +313,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn resolve_backend_takes_hull_vmm_only_on_native_kvm_and_refuses_it_elsewhere() {
+        use KvmVerdict::*;
+        assert_eq!(
+            resolve_backend(BackendRequest::Auto, Native),
+            Ok(BackendKind::HullVmm)
+        );
+        assert_eq!(
+            resolve_backend(BackendRequest::HullVmm, Native),
+            Ok(BackendKind::HullVmm)
+        );
+        for v in [Emulated, Unavailable] {
+            assert_eq!(
+                resolve_backend(BackendRequest::Auto, v),
+                Ok(BackendKind::Qemu)
+            );
+            let e = resolve_backend(BackendRequest::HullVmm, v).unwrap_err();
+            assert!(e.contains(&format!("{v:?}")), "{e}");
+        }
+        for v in [Native, Emulated, Unavailable] {
+            for accel in [None, Some(Accel::Kvm), Some(Accel::Tcg)] {
+                assert_eq!(
+                    resolve_backend(BackendRequest::Qemu(accel), v),
+                    Ok(BackendKind::Qemu)
+                );
+            }
+        }
+    }
+
+    #[test]
     fn auto_uses_kvm_only_where_it_is_native() {
-        let c = choose_backend(BackendRequest::Auto, KvmVerdict::Native, true, true).unwrap();
+        let c =
+            choose_backend(BackendRequest::Auto, KvmVerdict::Native, true, true, false).unwrap();
         assert_eq!((c.backend, c.accel), ("qemu", Accel::Kvm));
         for v in [KvmVerdict::Emulated, KvmVerdict::Unavailable] {
-            let c = choose_backend(BackendRequest::Auto, v, true, true).unwrap();
+            let c = choose_backend(BackendRequest::Auto, v, true, true, false).unwrap();
             assert_eq!(c.accel, Accel::Tcg, "{v:?}");
             assert!(c.reason.contains(&format!("{v:?}")));
         }
@@ -279,6 +360,7 @@ mod tests {
             KvmVerdict::Native,
             true,
             true,
+            false,
         )
         .unwrap();
         assert_eq!(c.accel, Accel::Tcg);
@@ -287,16 +369,62 @@ mod tests {
             KvmVerdict::Emulated,
             true,
             true,
+            false,
         )
         .unwrap_err();
         assert!(e.contains("kvm") && e.contains("Emulated"), "{e}");
     }
 
     #[test]
+    fn auto_takes_hull_vmm_on_native_kvm_when_installed_and_qemu_tcg_here() {
+        let c = choose_backend(BackendRequest::Auto, KvmVerdict::Native, true, true, true).unwrap();
+        assert_eq!((c.backend, c.accel), ("hull-vmm", Accel::Kvm));
+        // Not installed: QEMU on KVM.
+        let c =
+            choose_backend(BackendRequest::Auto, KvmVerdict::Native, true, true, false).unwrap();
+        assert_eq!((c.backend, c.accel), ("qemu", Accel::Kvm));
+        // This machine's kvm_pvm is Emulated: auto stays on QEMU with TCG even with
+        // hull-vmm installed, and hull-vmm by name is refused with the reason.
+        let c =
+            choose_backend(BackendRequest::Auto, KvmVerdict::Emulated, true, true, true).unwrap();
+        assert_eq!((c.backend, c.accel), ("qemu", Accel::Tcg));
+        let e = choose_backend(
+            BackendRequest::HullVmm,
+            KvmVerdict::Emulated,
+            true,
+            true,
+            true,
+        )
+        .unwrap_err();
+        assert!(e.contains("hull-vmm") && e.contains("Emulated"), "{e}");
+        let e = choose_backend(
+            BackendRequest::HullVmm,
+            KvmVerdict::Native,
+            true,
+            true,
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("hull-vmm not found"), "{e}");
+        // hull-vmm needs neither QEMU nor vhost-device-vsock.
+        let c = choose_backend(
+            BackendRequest::HullVmm,
+            KvmVerdict::Native,
+            false,
+            false,
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.backend, "hull-vmm");
+    }
+
+    #[test]
     fn missing_tools_are_named() {
-        let e = choose_backend(BackendRequest::Auto, KvmVerdict::Native, false, true).unwrap_err();
+        let e = choose_backend(BackendRequest::Auto, KvmVerdict::Native, false, true, false)
+            .unwrap_err();
         assert!(e.contains("qemu-system-x86_64"));
-        let e = choose_backend(BackendRequest::Auto, KvmVerdict::Native, true, false).unwrap_err();
+        let e = choose_backend(BackendRequest::Auto, KvmVerdict::Native, true, false, false)
+            .unwrap_err();
         assert!(e.contains("vhost-device-vsock"));
     }
 

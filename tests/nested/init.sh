@@ -15,6 +15,14 @@ now() { read -r up _ </proc/uptime; echo "${up%.*}${up#*.}" | sed 's/^0*//;s/^$/
 ms_since() { echo $(( ($(now) - $1) * 10 )); }
 L2_TIMEOUT=${L2_TIMEOUT:-30}
 L2_CMDLINE="console=ttyS0 reboot=t panic=-1 quiet"
+# hull.seccomp=trap on L1's command line: the virtiofs checks run hull-vmm with
+# --seccomp-trap (a syscall off a list is printed with the thread kind; exit status 159);
+# hull.seccomp=off: with --no-seccomp (to compare figures).
+case "$(sed -n 's/.*hull\.seccomp=\([^ ]*\).*/\1/p' /proc/cmdline)" in
+    trap) SECCOMP_FLAG=--seccomp-trap ;;
+    off) SECCOMP_FLAG=--no-seccomp ;;
+    *) SECCOMP_FLAG= ;;
+esac
 
 say "l1-up kernel=$(uname -r) uptime_s=$(cut -d' ' -f1 /proc/uptime)"
 
@@ -249,6 +257,13 @@ check_garbage() {
     sed 's/[0-9][0-9]*/N/g' /tmp/garbage.vmm | sort | uniq -c | sort -rn | head -n 12 | sed 's/^/VMM-LOG| /'
 }
 
+# kB of a process's PSS, and of its private anonymous part (heap, stacks: what each
+# further pod adds; binaries and guest RAM are shared pages).
+pss_kb() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null; }
+pss_anon_kb() { awk '/^Pss_Anon:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null; }
+max() { if [ "${1:-0}" -gt "${2:-0}" ]; then echo "${1:-0}"; else echo "${2:-0}"; fi; }
+
+# virtio-fs through hull-vmm's vhost-user frontend: L1 starts virtiofsd on /tmp/share,
 # The control socket on the real guest: boot with --api-sock, wait for the agent, then
 # state, PSS of hull-vmm without guest RAM (smaps minus the memfd), pause/resume, metrics,
 # and shutdown, which must end hull-vmm with status 0 and remove the socket.
@@ -287,6 +302,108 @@ check_api() {
     [ "$result" = ok ] || { echo "pause=$p1 resume=$r1"; dump /tmp/api.console L2; dump /tmp/api.vmm VMM; audit; }
 }
 
+# hull-vmm boots the guest kernel with the L2 test initramfs (l2-init.sh, hull.l2=virtiofs) and
+# --fs hull-share=<socket>; the guest reads L1's file, writes one back and times dd. The
+# peak PSS of virtiofsd (total; anonymous) and hull-vmm (anonymous) is sampled while the
+# guest runs; its total includes the guest RAM it maps.
+check_virtiofs() {
+    rm -rf /tmp/share /tmp/fs.sock*
+    mkdir -p /tmp/share
+    echo "hello-from-l1" >/tmp/share/hello.txt
+    virtiofsd --socket-path /tmp/fs.sock --shared-dir /tmp/share --sandbox chroot \
+        --cache auto >/tmp/virtiofsd.log 2>&1 &
+    vfsd=$!
+    i=0
+    while [ ! -S /tmp/fs.sock ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+    sleep 0.2
+    idle_kb=$(pss_kb "$vfsd"); idle_anon_kb=$(pss_anon_kb "$vfsd")
+    start=$(now)
+    RUST_LOG=warn,hull_vmm::vstate=info \
+    hull-vmm --kernel /l2/vmlinux --initrd /l2/test.cpio \
+        --cmdline "$L2_CMDLINE hull.l2=virtiofs" --vcpus 1 --memory-mib 256 $SECCOMP_FLAG \
+        --fs hull-share=/tmp/fs.sock \
+        --console /tmp/fs.console 2>/tmp/fs.vmm &
+    pid=$!
+    deadline=$(( $(now) + L2_TIMEOUT * 100 ))
+    vfsd_kb=0; vfsd_anon_kb=0; vmm_anon_kb=0
+    while kill -0 "$pid" 2>/dev/null && [ "$(now)" -lt "$deadline" ]; do
+        vfsd_kb=$(max "$(pss_kb "$vfsd")" "$vfsd_kb")
+        vfsd_anon_kb=$(max "$(pss_anon_kb "$vfsd")" "$vfsd_anon_kb")
+        vmm_anon_kb=$(max "$(pss_anon_kb "$pid")" "$vmm_anon_kb")
+        sleep 0.05
+    done
+    kill -9 "$pid" 2>/dev/null; wait "$pid"; rc=$?
+    ms=$(ms_since "$start")
+    kill "$vfsd" 2>/dev/null; wait "$vfsd" 2>/dev/null
+    read_line=$(grep -m1 'L2-FS: read=' /tmp/fs.console | tr -d '\r' | sed 's/.*read=//')
+    wrote=$(cat /tmp/share/from-guest.txt 2>/dev/null)
+    dd_line=$(grep -m1 'L2-FS: dd ' /tmp/fs.console | tr -d '\r' | sed 's/.*L2-FS: dd //')
+    if [ "$rc" = 0 ] && [ "$read_line" = "hello-from-l1" ] && [ "$wrote" = "hello-from-l2" ]; then
+        result=ok
+    else
+        result=FAIL
+    fi
+    say "virtiofs $result rc=$rc ms=$ms read=\"$read_line\" wrote=\"$wrote\" $dd_line seccomp=$(grep -c 'seccomp filters installed' /tmp/fs.vmm) virtiofsd_idle_pss_kb=$idle_kb virtiofsd_idle_anon_kb=$idle_anon_kb virtiofsd_peak_pss_kb=$vfsd_kb virtiofsd_peak_anon_kb=$vfsd_anon_kb vmm_peak_anon_kb=$vmm_anon_kb"
+    # rc 159: killed by SIGSYS (a syscall off a seccomp list; the audit line names it).
+    [ "$result" = ok ] || { dump /tmp/fs.console L2; dump /tmp/fs.vmm VMM; dump /tmp/virtiofsd.log VFSD; audit; }
+}
+
+# The virtio-fs backend dies under a running guest: hull-vmm logs it, stops the device and
+# keeps running. The guest image's driver activates the device at boot (no mount needed);
+# once the agent is up, L1 kills virtiofsd.
+check_virtiofs_death() {
+    rm -rf /tmp/share2 /tmp/fs2.sock*
+    mkdir -p /tmp/share2
+    virtiofsd --socket-path /tmp/fs2.sock --shared-dir /tmp/share2 --sandbox chroot \
+        >/tmp/virtiofsd2.log 2>&1 &
+    vfsd=$!
+    i=0
+    while [ ! -S /tmp/fs2.sock ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+    hull-vmm --kernel /l2/vmlinux --initrd /l2/initramfs.cpio \
+        --cmdline "$L2_CMDLINE" --vcpus 1 --memory-mib 256 $SECCOMP_FLAG \
+        --fs hull-share=/tmp/fs2.sock \
+        --console /tmp/fs2.console 2>/tmp/fs2.vmm &
+    pid=$!
+    deadline=$(( $(now) + L2_TIMEOUT * 100 ))
+    while [ "$(now)" -lt "$deadline" ] && kill -0 "$pid" 2>/dev/null; do
+        grep -q 'filesystems mounted' /tmp/fs2.console 2>/dev/null && break
+        sleep 0.02
+    done
+    kill -9 "$vfsd" 2>/dev/null; wait "$vfsd" 2>/dev/null
+    i=0
+    while ! grep -q 'hung up' /tmp/fs2.vmm 2>/dev/null && [ $i -lt 200 ]; do sleep 0.01; i=$((i + 1)); done
+    sleep 0.5
+    if kill -0 "$pid" 2>/dev/null; then running=yes; else running=no; fi
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    logged=$(grep -m1 'hung up' /tmp/fs2.vmm | sed 's/.*virtio-fs/virtio-fs/')
+    if [ "$running" = yes ] && [ -n "$logged" ]; then
+        say "virtiofs-death ok vmm_running=$running logged=\"$logged\""
+    else
+        say "virtiofs-death FAIL vmm_running=$running logged=\"$logged\""
+        dump /tmp/fs2.console L2; dump /tmp/fs2.vmm VMM
+    fi
+}
+
+# The shim's hull-vmm backend end to end: the shim's own ignored test (static build of
+# hull-shim's unit tests) boots the guest image through Vm::boot with HullVmm (virtiofsd +
+# hull-vmm from /bin, pod share on), checks the agent and shuts the VM down cleanly.
+SHIM_TEST=backend::hullvmm::tests::hull_vmm_boots_the_guest_image_with_a_share_and_shuts_it_down
+check_shim_hullvmm() {
+    start=$(now)
+    HULL_KERNEL=/l2/vmlinux HULL_INITRD=/l2/initramfs.cpio TMPDIR=/tmp \
+        timeout -s KILL $((L2_TIMEOUT * 2)) hull-shim-tests --ignored --exact "$SHIM_TEST" \
+        --test-threads 1 >/tmp/shim.out 2>&1
+    rc=$?
+    ms=$(ms_since "$start")
+    if [ "$rc" = 0 ] && grep -q 'test result: ok. 1 passed' /tmp/shim.out; then
+        say "shim-hullvmm ok ms=$ms test=$SHIM_TEST"
+    else
+        say "shim-hullvmm FAIL rc=$rc ms=$ms"
+        dump /tmp/shim.out SHIM
+        for f in /tmp/.tmp*/hullvmm-test/*.log; do [ -f "$f" ] && dump "$f" "$(basename "$f")"; done
+    fi
+}
+
 checks=$(sed -n 's/.*hull\.checks=\([^ ]*\).*/\1/p' /proc/cmdline)
 for c in $(echo "$checks" | tr , ' '); do
     case "$c" in
@@ -298,6 +415,9 @@ for c in $(echo "$checks" | tr , ' '); do
         net) check_net ;;
         garbage) check_garbage ;;
         confined) check_confined ;;
+        virtiofs) check_virtiofs ;;
+        virtiofs-death) check_virtiofs_death ;;
+        shim-hullvmm) check_shim_hullvmm ;;
         api) check_api ;;
         *) say "$c FAIL unknown check" ;;
     esac

@@ -7,6 +7,10 @@
 #        /dev/vda, which must be refused; if there is a /dev/vdc, the time to read it.
 #   net: eth0 = 10.0.2.2/24, ping L1 at 10.0.2.1, then stay up hull.linger= seconds so L1
 #        can ping back.
+#   virtiofs: mounts the virtio-fs share `hull-share`, prints the file L1 put there, writes
+#        one back, times a 128 MiB write and read through the share ("L2-FS:" lines). The
+#        dd figures use the guest clock with centisecond resolution: nested, noisy, for
+#        orders of magnitude only.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -46,6 +50,34 @@ net)
         echo "L2-NET: ping=FAIL $(tail -n 2 /tmp/ping | tr '\n' ' ')"
     fi
     sleep "$(arg hull.linger)"
+    ;;
+virtiofs)
+    say() { echo "L2-FS: $*"; }
+    # Centiseconds since boot.
+    now() { read -r up _ </proc/uptime; echo "${up%.*}${up#*.}" | sed 's/^0*//;s/^$/0/'; }
+    mib=128
+    if mount -t virtiofs hull-share /mnt; then
+        say "mounted"
+        say "read=$(cat /mnt/hello.txt)"
+        echo "hello-from-l2" >/mnt/from-guest.txt && sync && say "wrote"
+        t0=$(now)
+        dd if=/dev/zero of=/mnt/big bs=1M count=$mib conv=fsync 2>/dev/null
+        t1=$(now)
+        # A fresh mount: nothing of the file is left in the guest's page cache.
+        umount /mnt || say "umount FAILED"
+        mount -t virtiofs hull-share /mnt || say "remount FAILED"
+        t2=$(now)
+        dd if=/mnt/big of=/dev/null bs=1M 2>/dev/null
+        t3=$(now)
+        rm -f /mnt/big
+        w=$((t1 - t0)); r=$((t3 - t2))
+        [ "$w" -gt 0 ] || w=1; [ "$r" -gt 0 ] || r=1
+        say "dd mib=$mib write_cs=$w read_cs=$r write_mib_s=$((mib * 100 / w)) read_mib_s=$((mib * 100 / r))"
+        umount /mnt
+    else
+        say "mount FAILED"
+    fi
+    say "end"
     ;;
 *)
     echo "L2: unknown hull.l2=$(arg hull.l2)"

@@ -24,6 +24,7 @@ use crate::config::{ConsoleOutput, VmResources};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleWriter, SerialDevice};
 use crate::devices::virtio::block::{device::BlockError, Block};
+use crate::devices::virtio::fs::{FsError, VhostUserFs};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_SIZE, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::net::{tap::TapError, Net, Tap};
 use crate::devices::virtio::vsock::{muxer::Muxer, Vsock, GUEST_CID};
@@ -96,6 +97,14 @@ pub enum BuildError {
         path: std::path::PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// The vhost-user backend of a virtio-fs share could not be reached or refused us.
+    #[error("virtio-fs share {tag}: {source}")]
+    Fs {
+        /// The share's tag.
+        tag: String,
+        /// The underlying error.
+        source: FsError,
     },
     /// A virtio device could not be wired to KVM (irqfd, ioeventfd) or the bus.
     #[error("setting up the virtio {what} device: {message}")]
@@ -247,6 +256,21 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
             &mut cmdline,
             virtio.len() as u32,
             "net",
+            Box::new(dev),
+        )?);
+    }
+    for share in &res.fs {
+        let dev =
+            VhostUserFs::connect(&share.tag, &share.socket).map_err(|source| BuildError::Fs {
+                tag: share.tag.clone(),
+                source,
+            })?;
+        virtio.push(add_virtio_device(
+            &vm_fd,
+            mem,
+            &mut cmdline,
+            virtio.len() as u32,
+            "fs",
             Box::new(dev),
         )?);
     }

@@ -94,6 +94,10 @@ pub struct Cli {
     /// state, metrics); created at start, removed at exit. None without it.
     #[arg(long = "api-sock")]
     pub api_sock: Option<PathBuf>,
+    /// A virtio-fs share: `TAG=SOCKET`, the guest mounts `TAG`, served by the vhost-user
+    /// backend (virtiofsd) listening on `SOCKET`, which the caller started. Repeatable.
+    #[arg(long = "fs", value_name = "TAG=SOCKET")]
+    pub fs: Vec<String>,
 }
 
 /// One virtio-blk disk.
@@ -153,6 +157,15 @@ impl From<&Cli> for Sandbox {
     }
 }
 
+/// One virtio-fs share: the tag the guest mounts and the backend's vhost-user socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsShare {
+    /// The mount tag, 1..=36 bytes.
+    pub tag: String,
+    /// The vhost-user socket of its backend.
+    pub socket: PathBuf,
+}
+
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsoleOutput {
@@ -185,6 +198,8 @@ pub struct VmResources {
     pub net: Option<NetConfig>,
     /// The control socket, if any.
     pub api_sock: Option<PathBuf>,
+    /// virtio-fs shares, one device each.
+    pub fs: Vec<FsShare>,
 }
 
 /// Errors of validating the command line.
@@ -228,6 +243,15 @@ pub enum ConfigError {
     /// The control socket path is empty or its directory does not exist.
     #[error("--api-sock {0}: its directory does not exist")]
     ApiSockPath(PathBuf),
+    /// A `--fs` value is not `TAG=SOCKET` with a valid tag, an unused tag and an existing
+    /// socket.
+    #[error("--fs {value:?}: {reason}")]
+    FsShare {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff` into a unicast MAC.
@@ -292,6 +316,31 @@ fn socket_path_ok(p: &Path) -> bool {
     p.file_name().is_some() && dir.is_dir()
 }
 
+/// Parses one `--fs TAG=SOCKET`; `taken` are the tags of the shares before it.
+fn parse_fs(value: &str, taken: &[FsShare]) -> Result<FsShare, ConfigError> {
+    let err = |reason| ConfigError::FsShare {
+        value: value.to_string(),
+        reason,
+    };
+    let (tag, socket) = value.split_once('=').ok_or(err("expected TAG=SOCKET"))?;
+    if tag.is_empty() || tag.len() > crate::devices::virtio::fs::TAG_MAX_LEN || tag.contains('\0') {
+        return Err(err("the tag must be 1 to 36 bytes without NUL"));
+    }
+    if taken.iter().any(|s| s.tag == tag) {
+        return Err(err("the tag is used twice"));
+    }
+    let socket = PathBuf::from(socket);
+    if !socket.exists() {
+        return Err(err(
+            "the backend socket does not exist (start virtiofsd first)",
+        ));
+    }
+    Ok(FsShare {
+        tag: tag.to_string(),
+        socket,
+    })
+}
+
 fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
     if path.is_file() {
         Ok(())
@@ -351,9 +400,15 @@ impl TryFrom<Cli> for VmResources {
                 return Err(ConfigError::ApiSockPath(p.clone()));
             }
         }
+        let mut fs = Vec::with_capacity(cli.fs.len());
+        for value in &cli.fs {
+            let share = parse_fs(value, &fs)?;
+            fs.push(share);
+        }
         Ok(VmResources {
             block,
             net,
+            fs,
             kernel: cli.kernel,
             initrd: cli.initrd,
             cmdline: cli.cmdline,
@@ -455,6 +510,48 @@ mod tests {
         assert!(r.cmdline.contains("reboot=t"));
         assert_eq!(r.vsock_uds, None);
         assert_eq!(r.api_sock, None);
+        assert_eq!(r.fs, []);
+    }
+
+    #[test]
+    fn fs_shares_are_tag_equals_an_existing_socket() {
+        let (d, k, _i) = files();
+        let k = k.to_str().unwrap();
+        let sock = d.path().join("fs.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let ok = format!("hull-share={}", sock.display());
+        let other = format!("data={}", sock.display());
+        let r =
+            VmResources::try_from(parse(&["--kernel", k, "--fs", &ok, "--fs", &other]).unwrap())
+                .unwrap();
+        assert_eq!(
+            r.fs,
+            [
+                FsShare {
+                    tag: "hull-share".into(),
+                    socket: sock.clone()
+                },
+                FsShare {
+                    tag: "data".into(),
+                    socket: sock.clone()
+                },
+            ]
+        );
+        let long = format!("{}={}", "t".repeat(37), sock.display());
+        let missing = format!("x={}", d.path().join("none").display());
+        for (bad, why) in [
+            ("no-equals-sign", "TAG=SOCKET"),
+            (&format!("={}", sock.display()) as &str, "1 to 36 bytes"),
+            (&long, "1 to 36 bytes"),
+            (&missing, "does not exist"),
+        ] {
+            let e =
+                VmResources::try_from(parse(&["--kernel", k, "--fs", bad]).unwrap()).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+        let e = VmResources::try_from(parse(&["--kernel", k, "--fs", &ok, "--fs", &ok]).unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains("used twice"), "{e}");
     }
 
     #[test]

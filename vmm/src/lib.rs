@@ -11,7 +11,8 @@
 //! vCPUs and Image loader, but the builder's device/vCPU order does not fit arm64 yet.
 //!
 //! virtio devices sit on the virtio-mmio transport ([`devices::virtio`]): vsock, block (raw
-//! image files) and net (a tap).
+//! image files), net (a tap), and virtio-fs as a vhost-user frontend to virtiofsd
+//! (`--fs TAG=SOCKET`).
 //!
 //! Least privilege: every thread runs under its own seccomp allowlist ([`seccomp`]), and
 //! hull-vmm started as root can become an unprivileged user once the VM is built
@@ -20,7 +21,7 @@
 //! The control socket ([`api`], `--api-sock`) pauses, resumes, stops and inspects the running
 //! VM; the counters it reports are kept in [`metrics`].
 //!
-//! Not here yet: virtio-fs, bzImage boot. Each is tracked in issue 3.
+//! Not here yet: bzImage boot, aarch64 boot. Each is tracked in issue 3.
 
 pub mod api;
 pub mod arch;

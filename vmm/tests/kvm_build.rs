@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use hull_vmm::builder::{self, BuildError};
-use hull_vmm::config::{ConsoleOutput, VmResources};
+use hull_vmm::config::{ConsoleOutput, FsShare, VmResources};
 use vm_memory::{Bytes, GuestAddress};
 
 const LOAD_ADDR: u64 = 0x10_0000;
@@ -81,6 +81,7 @@ fn resources(dir: &Path, pvh: bool) -> VmResources {
         block: vec![],
         net: None,
         api_sock: None,
+        fs: vec![],
     }
 }
 
@@ -250,4 +251,76 @@ fn an_inherited_tap_fd_is_adopted_and_the_nic_comes_after_the_disks() {
         Path::new("/sys/class/net").join(&name).exists(),
         "{name} exists while hull-vmm holds it"
     );
+}
+
+/// Starts `virtiofsd` (from PATH) on `share`, listening on `socket`.
+fn start_virtiofsd(share: &Path, socket: &Path) -> std::process::Child {
+    let mut child = std::process::Command::new("virtiofsd")
+        .args(["--socket-path", socket.to_str().unwrap()])
+        .args(["--shared-dir", share.to_str().unwrap()])
+        .args(["--sandbox", "none", "--cache", "auto"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("this test needs virtiofsd in PATH (cargo install virtiofsd)");
+    let start = Instant::now();
+    while !socket.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("virtiofsd exited with {status}");
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "no virtiofsd socket"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child
+}
+
+#[test]
+fn a_virtiofs_share_negotiates_with_a_real_virtiofsd_and_is_declared_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let socket = dir.path().join("fs.sock");
+    let mut virtiofsd = start_virtiofsd(&share, &socket);
+    let mut res = resources(dir.path(), true);
+    res.fs = vec![FsShare {
+        tag: "hull-share".into(),
+        socket: socket.clone(),
+    }];
+    let vm = builder::build(&res, Instant::now())
+        .unwrap_or_else(|e| panic!("building a VM with virtio-fs on /dev/kvm: {e}"));
+    let want = b"console=ttyS0 reboot=t virtio_mmio.device=4K@0xd0000000:5\0";
+    let mut got = vec![0u8; want.len()];
+    vm.memory()
+        .read_slice(&mut got, GuestAddress(0x2_0000))
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    // virtiofsd serves one frontend: when the VM goes, it exits by itself.
+    drop(vm);
+    let start = Instant::now();
+    while virtiofsd.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = virtiofsd.kill();
+            let _ = virtiofsd.wait();
+            panic!("virtiofsd did not notice its frontend went away");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_virtiofs_socket_nobody_serves_fails_the_build_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("fs.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let mut res = resources(dir.path(), true);
+    res.fs = vec![FsShare {
+        tag: "data".into(),
+        socket,
+    }];
+    let err = builder::build(&res, Instant::now()).unwrap_err();
+    assert!(matches!(err, BuildError::Fs { .. }), "{err:?}");
+    assert!(err.to_string().contains("virtio-fs share data"), "{err}");
 }

@@ -230,3 +230,42 @@ fn hull_vmm_control_socket_pauses_and_stops_the_real_guest() {
         run.elapsed.as_secs_f64()
     );
 }
+
+#[test]
+#[ignore = "boots nested KVM under TCG (a few seconds, needs the L1 build): run by `make nested`"]
+fn hull_vmm_serves_virtiofs_and_the_shim_boots_the_guest_through_its_hull_vmm_backend() {
+    let run = run_l1("kvm,virtiofs,virtiofs-death,shim-hullvmm");
+    run.passed("kvm");
+    // L1 runs virtiofsd on a directory; hull-vmm boots the guest kernel with a busybox
+    // initramfs and --fs hull-share=<socket>: the guest mounts the share, reads L1's file
+    // and writes one that L1 then finds on its side.
+    let fs = run.passed("virtiofs");
+    assert!(
+        fs.contains("rc=0"),
+        "hull-vmm did not end with the guest: {fs}"
+    );
+    assert!(fs.contains("read=\"hello-from-l1\""), "{fs}");
+    assert!(fs.contains("wrote=\"hello-from-l2\""), "{fs}");
+    assert!(
+        fs.contains("write_mib_s="),
+        "the guest's dd did not finish: {fs}"
+    );
+    // virtiofsd killed under a running guest (the agent image, whose driver activated the
+    // device at boot): hull-vmm logs it and keeps running.
+    let death = run.passed("virtiofs-death");
+    assert!(death.contains("vmm_running=yes"), "{death}");
+    assert!(death.contains("hung up; the device stops"), "{death}");
+    // With seccomp on (the default): the relay thread under the device filter, the vCPU's
+    // vhost-user messages at activation under the vCPU filter.
+    assert!(fs.contains("seccomp=1"), "{fs}");
+    // The shim's hull-vmm backend end to end (its own test, run inside L1): virtiofsd +
+    // hull-vmm started, the agent answers over the hybrid-vsock socket, clean shutdown.
+    let shim = run.passed("shim-hullvmm");
+    assert!(run.result("done").is_some(), "L1 did not finish its checks");
+    println!(
+        "nested figures (L2 on kvm_amd inside QEMU TCG, not native):\n  virtiofs: {fs}\n  \
+         virtiofs-death: {death}\n  shim-hullvmm: {shim}\n  \
+         whole L1 run: {:.2} s",
+        run.elapsed.as_secs_f64()
+    );
+}

@@ -6,6 +6,7 @@
 //! hypervisor runs the VM. Readiness, the agent connection and state-directory cleanup live
 //! in [`crate::vm`], not here.
 
+pub mod hullvmm;
 pub mod qemu;
 
 use std::fmt::Debug;
@@ -116,4 +117,14 @@ pub trait VmProcesses: Send + Debug {
 
     /// The tails of the backend's own logs, for error messages.
     fn diagnostics(&self) -> String;
+}
+
+/// The hypervisor backends hull has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// QEMU microvm (KVM or TCG) with vhost-user helpers ([`qemu`]).
+    Qemu,
+    /// hull's own KVM VMM ([`hullvmm`]).
+    HullVmm,
 }

@@ -93,7 +93,7 @@ fn vhost_vsock_socket(spec: &LaunchSpec) -> PathBuf {
 }
 
 /// The vhost-user control socket between QEMU and virtiofsd.
-fn virtiofs_socket(spec: &LaunchSpec) -> PathBuf {
+pub(super) fn virtiofs_socket(spec: &LaunchSpec) -> PathBuf {
     spec.state_dir.join("virtiofs.sock")
 }
 
@@ -269,16 +269,20 @@ impl Hypervisor for Qemu {
     }
 }
 
-/// A host process of a VM, with its log.
+/// A host process of a VM, with its log (shared with the hull-vmm backend).
 #[derive(Debug)]
-struct Helper {
-    program: PathBuf,
-    child: Child,
-    log: PathBuf,
+pub(super) struct Helper {
+    pub(super) program: PathBuf,
+    pub(super) child: Child,
+    pub(super) log: PathBuf,
 }
 
 impl Helper {
-    fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Helper, BackendError> {
+    pub(super) fn spawn(
+        program: &Path,
+        args: &[String],
+        log: &Path,
+    ) -> Result<Helper, BackendError> {
         let child = spawn_logged(program, args, log)?;
         Ok(Helper {
             program: program.to_path_buf(),
@@ -288,7 +292,7 @@ impl Helper {
     }
 
     /// Starts a vhost-user daemon and waits until it created `socket`.
-    async fn start(
+    pub(super) async fn start(
         program: &Path,
         args: &[String],
         log: &Path,
@@ -318,14 +322,14 @@ impl Helper {
         Ok(h)
     }
 
-    async fn terminate(&mut self) {
+    pub(super) async fn terminate(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.start_kill();
         }
         let _ = self.child.wait().await;
     }
 
-    fn name(&self) -> String {
+    pub(super) fn name(&self) -> String {
         self.program
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -333,7 +337,7 @@ impl Helper {
     }
 }
 
-async fn terminate_all(helpers: &mut [Helper]) {
+pub(super) async fn terminate_all(helpers: &mut [Helper]) {
     for h in helpers {
         h.terminate().await;
     }

@@ -174,7 +174,7 @@ fn print_check(r: &check::CheckReport) {
     for reason in &r.kvm.reasons {
         println!("            - {reason}");
     }
-    for t in [&r.qemu, &r.vsock_daemon] {
+    for t in [&r.qemu, &r.vsock_daemon, &r.hull_vmm] {
         match &t.path {
             Some(p) => println!(
                 "{:<11} {} ({})",
@@ -212,8 +212,8 @@ async fn boot_one(args: &VmArgs, id: &str) -> Result<(Vm, check::BackendChoice)>
         .backend
         .map_err(anyhow::Error::msg)
         .context("choosing a backend")?;
-    let hv = check::hypervisor(&choice);
-    let vm = Vm::boot(&hv, id, &r.vm).await?;
+    let hv = check::backend(&choice);
+    let vm = Vm::boot(hv.as_ref(), id, &r.vm).await?;
     Ok((vm, choice))
 }
 

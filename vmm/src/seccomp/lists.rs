@@ -271,6 +271,33 @@ pub const VCPU: &[Allowed] = &[
         "rt_sigreturn",
         "returning from the kick handler (pause/stop set immediate_exit)",
     ),
+    // virtio-fs activation (the driver's DRIVER_OK) sends the vhost-user set-up to
+    // virtiofsd from this thread. The only sockets the process holds are the vhost-user
+    // ones and vsock's host streams; no thread of a running VM may open or connect one
+    // (vsock's device thread connects, under the device list).
+    Allowed::args(
+        libc::SYS_sendmsg,
+        "sendmsg",
+        ArgRule::In {
+            index: 2,
+            values: &[(
+                libc::MSG_NOSIGNAL as u64,
+                "MSG_NOSIGNAL only: virtio-fs vhost-user messages, with the guest memfd and \
+                 the kick/call eventfds as SCM_RIGHTS (vmm-sys-util's send_with_fds)",
+            )],
+        },
+    ),
+    Allowed::args(
+        libc::SYS_recvmsg,
+        "recvmsg",
+        ArgRule::In {
+            index: 2,
+            values: &[(
+                0,
+                "flags 0 only: virtio-fs vhost-user REPLY_ACK replies (recv_with_fds)",
+            )],
+        },
+    ),
 ];
 
 /// The signal watcher: it waits for SIGTERM/SIGINT (blocked in every thread) and raises the

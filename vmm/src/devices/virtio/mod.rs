@@ -11,6 +11,7 @@
 //! the device keeps running), PCI.
 
 pub mod block;
+pub mod fs;
 pub mod guest_errors;
 pub mod mmio;
 pub mod net;
@@ -43,6 +44,9 @@ pub enum ActivateError {
     /// The device was activated twice.
     #[error("the device is already active")]
     AlreadyActive,
+    /// The device's out-of-process backend (vhost-user) refused or failed a request.
+    #[error("the vhost-user backend: {0}")]
+    Backend(String),
 }
 
 /// A device's interrupt line: the MMIO InterruptStatus bits and the irqfd KVM injects.
