@@ -27,6 +27,8 @@ build: setup
 install: build guest-image
 	install -D -m 0755 target/release/hull $(PREFIX)/bin/hull
 	install -D -m 0755 target/release/containerd-shim-hull-v2 $(PREFIX)/bin/containerd-shim-hull-v2
+	install -D -m 0755 target/release/hull-vmm $(PREFIX)/bin/hull-vmm
+	install -D -m 0755 target/release/hull-vmm-ctl $(PREFIX)/bin/hull-vmm-ctl
 	source $(IMAGE_ENV) && \
 	install -D -m 0644 "$$HULL_KERNEL" $(PREFIX)/share/hull/vmlinux && \
 	install -D -m 0644 "$$HULL_INITRD" $(PREFIX)/share/hull/initramfs.cpio && \
