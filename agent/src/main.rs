@@ -152,7 +152,9 @@ async fn serve(
         .unwrap_or(ShutdownAction::ExitProcess);
     // Let the Shutdown reply leave before the connection goes away.
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let _ = server.shutdown().await;
+    // ttrpc's graceful shutdown waits for requests in flight, and the shim's GetOomEvent
+    // long poll is always in flight: without a bound every pod stop waited ~5 s for it.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), server.shutdown()).await;
     Ok(action)
 }
 
