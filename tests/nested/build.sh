@@ -14,7 +14,9 @@ log() { echo "nested/build: $*" >&2; }
 
 # shellcheck disable=SC1090
 source "$image_env"
-for f in "$HULL_KERNEL" "$HULL_INITRD"; do
+# The bzImage check boots the same kernel's bzImage, which build-kernel.sh keeps beside it.
+l2_bzimage="$(dirname "$HULL_KERNEL")/bzImage"
+for f in "$HULL_KERNEL" "$l2_bzimage" "$HULL_INITRD"; do
     [ -f "$f" ] || { log "L2 image file $f missing (run guest-image/build.sh)"; exit 1; }
 done
 
@@ -91,6 +93,7 @@ file /bin/hull-vmm $vmm 0755 0 0
 file /bin/hull-vsock-probe $probe 0755 0 0
 file /bin/hull-vmm-ctl $ctl 0755 0 0
 file /l2/vmlinux $HULL_KERNEL 0644 0 0
+file /l2/bzImage $l2_bzimage 0644 0 0
 file /l2/initramfs.cpio $HULL_INITRD 0644 0 0
 file /l2/test.cpio $out/l2-test.cpio 0644 0 0
 file /l2/garbage-guest $out/garbage-guest 0644 0 0

@@ -39,17 +39,20 @@ dump() { sed "s/^/$2| /" "$1" 2>/dev/null | tail -n 40; }
 # The kernel's audit lines of the last seccomp kills (they name the syscall).
 audit() { dmesg | grep 'audit.*syscall=' | tail -n 3 | sed 's/^/KERNEL| /'; }
 
-# Boots the real guest image; passes when the agent reports its mounts on the console.
-check_agent() {
+# Boots the real guest image with kernel $2 (check name $1); passes when the agent reports
+# its mounts on the console. `agent` boots the PVH vmlinux, `bzimage` the same kernel's
+# bzImage through the Linux boot protocol.
+boot_agent() {
+    name=$1 kernel=$2
     start=$(now)
-    RUST_LOG=info hull-vmm --kernel /l2/vmlinux --initrd /l2/initramfs.cpio \
+    RUST_LOG=info hull-vmm --kernel "$kernel" --initrd /l2/initramfs.cpio \
         --cmdline "$L2_CMDLINE" --vcpus 1 --memory-mib 256 \
-        --console /tmp/agent.console 2>/tmp/agent.vmm &
+        --console "/tmp/$name.console" 2>"/tmp/$name.vmm" &
     pid=$!
     result=FAIL
     deadline=$(( $(now) + L2_TIMEOUT * 100 ))
     while [ "$(now)" -lt "$deadline" ]; do
-        if grep -q 'hull-agent: INFO init: [0-9]* filesystems mounted' /tmp/agent.console 2>/dev/null; then
+        if grep -q 'hull-agent: INFO init: [0-9]* filesystems mounted' "/tmp/$name.console" 2>/dev/null; then
             result=ok; break
         fi
         kill -0 "$pid" 2>/dev/null || break
@@ -57,10 +60,12 @@ check_agent() {
     done
     ms=$(ms_since "$start")
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-    say "agent $result ms=$ms seccomp=$(grep -c 'seccomp filters installed' /tmp/agent.vmm) line=\"$(grep -m1 'filesystems mounted' /tmp/agent.console | tr -d '\r')\""
-    [ "$result" = ok ] || { dump /tmp/agent.console L2; dump /tmp/agent.vmm VMM; }
-    dump /tmp/agent.vmm VMM | grep 'first KVM_RUN' || true
+    say "$name $result ms=$ms seccomp=$(grep -c 'seccomp filters installed' "/tmp/$name.vmm") line=\"$(grep -m1 'filesystems mounted' "/tmp/$name.console" | tr -d '\r')\""
+    [ "$result" = ok ] || { dump "/tmp/$name.console" L2; dump "/tmp/$name.vmm" VMM; }
+    dump "/tmp/$name.vmm" VMM | grep 'first KVM_RUN' || true
 }
+check_agent() { boot_agent agent /l2/vmlinux; }
+check_bzimage() { boot_agent bzimage /l2/bzImage; }
 
 # A guest that reboots (its init is missing, so the kernel panics and, with panic=-1 and
 # reboot=t, triple-faults): hull-vmm must end by itself with status 0 and say why.
@@ -409,6 +414,7 @@ for c in $(echo "$checks" | tr , ' '); do
     case "$c" in
         kvm) check_kvm ;;
         agent) check_agent ;;
+        bzimage) check_bzimage ;;
         reset) check_reset ;;
         vsock) check_vsock ;;
         blk) check_blk ;;

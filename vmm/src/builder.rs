@@ -292,7 +292,7 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
                 source,
             };
             let size = f.metadata().map_err(read_err)?.len();
-            let addr = arch::initrd_address(mem, kernel.end, size)?;
+            let addr = arch::initrd_address(mem, &kernel, size)?;
             let len = usize::try_from(size).map_err(|_| BuildError::InitrdTooLarge { size })?;
             mem.read_exact_volatile_from(addr, &mut f, len)
                 .map_err(BuildError::LoadInitrd)?;
@@ -302,6 +302,7 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
     arch::configure_system(
         mem,
         &BootInfo {
+            kernel,
             cmdline_addr,
             cmdline_size,
             initrd,

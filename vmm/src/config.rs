@@ -25,7 +25,7 @@ pub const MAX_MEMORY_MIB: u32 = 1 << 20;
     about = "hull's KVM microVM monitor: boots a Linux guest (PVH vmlinux) with an initramfs"
 )]
 pub struct Cli {
-    /// Guest kernel: an uncompressed `vmlinux` ELF with a PVH entry point.
+    /// Guest kernel: an ELF `vmlinux` with a PVH entry point, or a `bzImage`.
     #[arg(long)]
     pub kernel: PathBuf,
     /// Initramfs (cpio, optionally compressed).
@@ -178,7 +178,7 @@ pub enum ConsoleOutput {
 /// Everything needed to build one VM, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmResources {
-    /// Guest kernel (PVH ELF).
+    /// Guest kernel (PVH ELF `vmlinux` or `bzImage`).
     pub kernel: PathBuf,
     /// Initramfs, if any.
     pub initrd: Option<PathBuf>,

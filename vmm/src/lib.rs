@@ -21,7 +21,10 @@
 //! The control socket ([`api`], `--api-sock`) pauses, resumes, stops and inspects the running
 //! VM; the counters it reports are kept in [`metrics`].
 //!
-//! Not here yet: bzImage boot, aarch64 boot. Each is tracked in issue 3.
+//! The kernel is an ELF `vmlinux` (PVH entry) or a `bzImage` (Linux boot protocol) on
+//! x86_64 ([`arch`]).
+//!
+//! Not here yet: aarch64 boot (tracked in issue 3).
 
 pub mod api;
 pub mod arch;

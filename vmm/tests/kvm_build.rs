@@ -1,4 +1,5 @@
-//! The builder against this machine's real `/dev/kvm`, with a tiny hand-built PVH kernel.
+//! The builder against this machine's real `/dev/kvm`, with tiny hand-built kernels: a PVH
+//! ELF and a bzImage.
 //!
 //! Only VM *construction* is tested here: every KVM ioctl of the boot path (irqchip, PIT,
 //! memory slots, CPUID, MSRs, registers, LAPIC, irqfd) runs for real, and the boot tables are
@@ -145,6 +146,130 @@ fn builder_loads_a_pvh_kernel_and_writes_boot_tables_through_real_kvm() {
         assert_ne!(leaf1.ecx & (1 << 31), 0, "hypervisor bit");
     }
     assert!(vm.vcpu_fd(2).is_none());
+}
+
+/// Where the tiny bzImage's protected-mode part runs from, its `initrd_addr_max` and how
+/// much memory it claims from `pref_address` (16 MiB) before it reads the memory map.
+const BZ_LOAD: u64 = 0x10_0000;
+const BZ_INITRD_MAX: u32 = (48 << 20) - 1;
+const BZ_INIT_SIZE: u32 = 16 << 20;
+
+/// A bzImage: one setup sector after the boot sector (so the protected-mode part starts at
+/// file offset 0x400) carrying a boot protocol `version` header, then a page of `hlt`s.
+fn tiny_bzimage(version: u16) -> Vec<u8> {
+    let mut b = vec![0u8; 0x400 + 0x1000];
+    let put = |b: &mut Vec<u8>, off: usize, bytes: &[u8]| {
+        b[off..off + bytes.len()].copy_from_slice(bytes)
+    };
+    put(&mut b, 0x1f1, &[1]); // setup_sects
+    put(&mut b, 0x1fe, &0xaa55u16.to_le_bytes()); // boot_flag
+    put(&mut b, 0x202, b"HdrS");
+    put(&mut b, 0x206, &version.to_le_bytes());
+    put(&mut b, 0x211, &[1]); // loadflags: LOADED_HIGH
+    put(&mut b, 0x214, &(BZ_LOAD as u32).to_le_bytes()); // code32_start
+    put(&mut b, 0x22c, &BZ_INITRD_MAX.to_le_bytes());
+    put(&mut b, 0x230, &(2u32 << 20).to_le_bytes()); // kernel_alignment
+    put(&mut b, 0x234, &[1]); // relocatable_kernel
+    put(&mut b, 0x238, &2047u32.to_le_bytes()); // cmdline_size
+    put(&mut b, 0x258, &(16u64 << 20).to_le_bytes()); // pref_address
+    put(&mut b, 0x260, &BZ_INIT_SIZE.to_le_bytes());
+    b[0x400..].fill(0xf4);
+    b
+}
+
+fn bzimage_resources(dir: &Path, version: u16) -> VmResources {
+    let mut res = resources(dir, true);
+    res.kernel = dir.join("bzImage");
+    std::fs::write(&res.kernel, tiny_bzimage(version)).unwrap();
+    res
+}
+
+#[test]
+fn builder_loads_a_bzimage_and_writes_its_zero_page_through_real_kvm() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = builder::build(&bzimage_resources(dir.path(), 0x020f), Instant::now())
+        .unwrap_or_else(|e| panic!("building a VM on /dev/kvm: {e}"));
+    let mem = vm.memory();
+    let read = |addr: u64, len: usize| {
+        let mut b = vec![0u8; len];
+        mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+        b
+    };
+    let u32_at = |addr: u64| u32::from_le_bytes(read(addr, 4).try_into().unwrap());
+    let u64_at = |addr: u64| u64::from_le_bytes(read(addr, 8).try_into().unwrap());
+
+    // The protected-mode part (after the setup sectors) at code32_start.
+    assert_eq!(read(BZ_LOAD, 4), vec![0xf4; 4]);
+    assert_eq!(read(0x2_0000, 23), b"console=ttyS0 reboot=t\0");
+    // The initramfs: below initrd_addr_max (48 MiB), not at the top of the 64 MiB of RAM.
+    let initrd_addr = u64::from(BZ_INITRD_MAX) + 1 - 0x2000;
+    assert_eq!(read(initrd_addr, 5000), vec![0xa5; 5000]);
+
+    // The zero page: the image's own header, with what the loader fills in.
+    let zp = 0x8000;
+    assert_eq!(&read(zp + 0x202, 4), b"HdrS");
+    assert_eq!(read(zp + 0x210, 1), vec![0xff], "type_of_loader");
+    assert_eq!(u32_at(zp + 0x228), 0x2_0000, "cmd_line_ptr");
+    assert_eq!(u64::from(u32_at(zp + 0x218)), initrd_addr, "ramdisk_image");
+    assert_eq!(u32_at(zp + 0x21c), 5000, "ramdisk_size");
+    assert_eq!(u32_at(zp + 0x260), BZ_INIT_SIZE, "init_size kept");
+    // e820: base memory, the legacy hole, RAM from 1 MiB to the end (20-byte entries).
+    assert_eq!(read(zp + 0x1e8, 1), vec![3], "e820_entries");
+    let last = zp + 0x2d0 + 2 * 20;
+    assert_eq!(
+        (u64_at(last), u64_at(last + 8), u32_at(last + 16)),
+        (0x10_0000, (64 << 20) - 0x10_0000, 1)
+    );
+    // MP table as for PVH.
+    assert_eq!(read(0x9_fc00, 4), b"_MP_");
+
+    for index in 0..2u8 {
+        let fd = vm.vcpu_fd(index).expect("vCPU");
+        let regs = fd.get_regs().unwrap();
+        // The 32-bit boot protocol: ESI = zero page; EBX, EBP, EDI zero.
+        assert_eq!(
+            (
+                regs.rip,
+                regs.rsi,
+                regs.rbx,
+                regs.rbp,
+                regs.rdi,
+                regs.rflags
+            ),
+            (BZ_LOAD, zp, 0, 0, 0, 2)
+        );
+        let sregs = fd.get_sregs().unwrap();
+        assert_eq!(sregs.cr0 & 1, 1, "protected mode");
+        assert_eq!(sregs.cr0 & (1 << 31), 0, "paging off");
+        // __BOOT_CS and __BOOT_DS, as the boot protocol names them.
+        assert_eq!((sregs.cs.selector, sregs.ds.selector), (0x10, 0x18));
+        assert_eq!((sregs.cs.limit, sregs.ds.limit), (0xffff_ffff, 0xffff_ffff));
+    }
+}
+
+#[test]
+fn a_bzimage_that_needs_more_ram_or_a_newer_loader_and_an_unknown_kernel_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // It decompresses to 16 MiB and claims 16 MiB more: 24 MiB of RAM is not enough.
+    let mut res = bzimage_resources(dir.path(), 0x020f);
+    res.memory_bytes = 24 << 20;
+    let err = builder::build(&res, Instant::now()).unwrap_err();
+    assert!(
+        err.to_string().contains("needs guest RAM up to 0x2000000"),
+        "{err}"
+    );
+
+    let err = builder::build(&bzimage_resources(dir.path(), 0x0209), Instant::now()).unwrap_err();
+    assert!(err.to_string().contains("boot protocol 2.09"), "{err}");
+
+    let res = resources(dir.path(), true);
+    std::fs::write(&res.kernel, b"#!/bin/sh\necho not a kernel\n").unwrap();
+    let err = builder::build(&res, Instant::now()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("neither an ELF vmlinux nor a bzImage"),
+        "{err}"
+    );
 }
 
 #[test]

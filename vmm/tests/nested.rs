@@ -98,7 +98,7 @@ fn run_l1(checks: &str) -> L1Run {
 #[test]
 #[ignore = "boots nested KVM under TCG (a few seconds, needs the L1 build): run by `make nested`"]
 fn hull_vmm_boots_the_guest_to_the_agent_serves_vsock_and_exits_when_the_guest_resets() {
-    let run = run_l1("kvm,agent,reset,vsock");
+    let run = run_l1("kvm,agent,bzimage,reset,vsock");
     // L1 has a working kvm_amd, or nothing below means anything.
     run.passed("kvm");
     // Milestone A: the guest kernel booted under hull-vmm and started hull-agent as PID 1,
@@ -108,6 +108,14 @@ fn hull_vmm_boots_the_guest_to_the_agent_serves_vsock_and_exits_when_the_guest_r
         agent.contains("hull-agent: INFO init: ") && agent.contains("filesystems mounted"),
         "{agent}"
     );
+    // The same kernel as a bzImage, through the Linux 32-bit boot protocol (zero page,
+    // code32_start): it decompresses itself and starts the same agent.
+    let bzimage = run.passed("bzimage");
+    assert!(
+        bzimage.contains("hull-agent: INFO init: ") && bzimage.contains("filesystems mounted"),
+        "{bzimage}"
+    );
+    assert!(bzimage.contains("seccomp=1"), "{bzimage}");
     // A guest that reboots ends hull-vmm by itself, with status 0 and the reason.
     let reset = run.passed("reset");
     assert!(reset.contains("code=0"), "{reset}");
@@ -126,7 +134,7 @@ fn hull_vmm_boots_the_guest_to_the_agent_serves_vsock_and_exits_when_the_guest_r
     assert!(run.result("done").is_some(), "L1 did not finish its checks");
     println!(
         "nested figures (L2 on kvm_amd inside QEMU TCG, not native):\n  agent: {agent}\n  \
-         reset: {reset}\n  vsock: {vsock}\n  whole L1 run: {:.2} s",
+         bzimage: {bzimage}\n  reset: {reset}\n  vsock: {vsock}\n  whole L1 run: {:.2} s",
         run.elapsed.as_secs_f64()
     );
 }

@@ -6,9 +6,11 @@
 //! - `Error`, the architecture's typed error;
 //! - `ram_regions(memory_bytes)`: which guest-physical ranges are RAM;
 //! - `setup_vm(&VmFd)`: interrupt controllers and timers, before vCPUs exist;
+//! - `BootProtocol`: how a loaded kernel is entered (x86_64: PVH or the Linux boot protocol);
 //! - `load_kernel(&mem, &mut File) -> KernelEntry`;
-//! - `initrd_address(&mem, size)`: where the initramfs goes;
-//! - `configure_system(&mem, &BootInfo)`: boot tables (x86_64: PVH start info, e820, MP table);
+//! - `initrd_address(&mem, &KernelEntry, size)`: where the initramfs goes;
+//! - `configure_system(&mem, &BootInfo)`: boot tables (x86_64: PVH start info or zero page,
+//!   e820, MP table);
 //! - `VcpuTemplate` / `vcpu_template(&Kvm)`: what every vCPU is derived from (x86_64: the
 //!   supported CPUID);
 //! - `configure_vcpu(&template, &VcpuFd, index, vcpus, &KernelEntry, &mem)`;
@@ -40,8 +42,10 @@ pub mod x86_64;
 pub use self::x86_64::*;
 
 /// What the boot tables describe, besides memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BootInfo {
+    /// The loaded kernel (x86_64: which boot structure it reads).
+    pub kernel: KernelEntry,
     /// Guest address of the NUL-terminated kernel command line.
     pub cmdline_addr: GuestAddress,
     /// Its size including the NUL.
@@ -53,12 +57,15 @@ pub struct BootInfo {
 }
 
 /// Where a loaded kernel starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KernelEntry {
-    /// The entry point (x86_64: the PVH entry).
+    /// The entry point (x86_64: the PVH entry, or a bzImage's `code32_start`).
     pub entry: GuestAddress,
-    /// First guest address after the kernel image.
+    /// First guest address after the memory the kernel claims before it reads the memory
+    /// map (for a bzImage: where it decompresses to, plus its `init_size`).
     pub end: GuestAddress,
+    /// How it is entered.
+    pub protocol: BootProtocol,
 }
 
 /// The legacy devices every VM has, to be placed on the buses by the architecture.

@@ -86,6 +86,13 @@ mod setup {
         Device(&'static str, String),
     }
 
+    /// How a loaded kernel is entered: arm64 has one way (PC at the Image, x0 = the FDT).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum BootProtocol {
+        /// An arm64 `Image`.
+        Image,
+    }
+
     /// The template vCPUs are derived from: the preferred target with PSCI 0.2.
     #[derive(Debug, Clone)]
     pub struct VcpuTemplate {
@@ -125,16 +132,17 @@ mod setup {
         Ok(KernelEntry {
             entry: loaded.kernel_load,
             end: GuestAddress(loaded.kernel_end),
+            protocol: BootProtocol::Image,
         })
     }
 
     /// Where the initramfs goes: right below the FDT, above the kernel.
     pub fn initrd_address(
         mem: &GuestMemoryMmap,
-        kernel_end: GuestAddress,
+        kernel: &KernelEntry,
         size: u64,
     ) -> Result<GuestAddress, Error> {
-        layout::initrd_address(fdt_address(mem)?, kernel_end.raw_value(), size)
+        layout::initrd_address(fdt_address(mem)?, kernel.end.raw_value(), size)
             .map(GuestAddress)
             .ok_or(Error::InitrdTooLarge { size })
     }

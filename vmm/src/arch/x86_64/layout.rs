@@ -4,10 +4,12 @@
 //! ```text
 //! 0x0000_0500  GDT (boot segments)          0x0000_0520  IDT (empty)
 //! 0x0000_6000  PVH hvm_start_info           0x0000_6040  PVH module list (initramfs)
-//! 0x0000_7000  PVH memory map (e820)        0x0002_0000  kernel command line
+//! 0x0000_7000  PVH memory map (e820)        0x0000_8000  zero page (bzImage boot_params)
+//! 0x0002_0000  kernel command line
 //! 0x0009_fc00  MP table (last KiB of base memory; reserved up to 1 MiB)
-//! 0x0010_0000  kernel (vmlinux' physical load address, usually 16 MiB) ... initramfs at
-//!              the top of low RAM
+//! 0x0010_0000  kernel: vmlinux at its physical load address (usually 16 MiB); a bzImage's
+//!              compressed kernel at 1 MiB, which decompresses to 16 MiB ... initramfs at
+//!              the top of low RAM (a bzImage's initrd_addr_max permitting)
 //! 0xd000_0000  .. 4 GiB: MMIO hole (IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000, TSS)
 //! 4 GiB ..     the rest of RAM
 //! ```
@@ -24,6 +26,8 @@ pub const PVH_INFO_START: u64 = 0x6000;
 pub const PVH_MODLIST_START: u64 = 0x6040;
 /// PVH memory map.
 pub const PVH_MEMMAP_START: u64 = 0x7000;
+/// The Linux boot protocol's zero page (`boot_params`) for a bzImage.
+pub const ZERO_PAGE_START: u64 = 0x8000;
 /// Kernel command line.
 pub const CMDLINE_START: u64 = 0x2_0000;
 /// Linux x86's COMMAND_LINE_SIZE, terminating NUL included.
@@ -108,9 +112,47 @@ pub fn initrd_address(low_ram_end: u64, kernel_end: u64, size: u64) -> Option<Gu
     (addr >= kernel_end.max(HIMEM_START)).then_some(GuestAddress(addr))
 }
 
+/// The end of the memory a bzImage claims before it reads the memory map: it decompresses
+/// to `pref_address` (`LOAD_PHYSICAL_ADDR`), or where it was loaded rounded up to
+/// `kernel_alignment` if that is higher, and uses `init_size` bytes from there (boot
+/// protocol 2.10+). `None` on overflow.
+pub fn bzimage_end(
+    kernel_load: u64,
+    kernel_end: u64,
+    pref_address: u64,
+    kernel_alignment: u32,
+    init_size: u32,
+) -> Option<u64> {
+    let align = u64::from(kernel_alignment.max(1));
+    let loaded_aligned = kernel_load.checked_add(align - 1)? / align * align;
+    let start = pref_address.max(loaded_aligned);
+    Some(start.checked_add(u64::from(init_size))?.max(kernel_end))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bzimage_claims_init_size_from_where_it_decompresses() {
+        // The usual x86_64 image: loaded at 1 MiB, decompresses to 16 MiB.
+        assert_eq!(
+            bzimage_end(1 << 20, 5 << 20, 16 << 20, 2 << 20, 20 << 20),
+            Some(36 << 20)
+        );
+        // Loaded above pref_address: it runs where it was loaded, aligned up.
+        assert_eq!(
+            bzimage_end((32 << 20) + 1, 40 << 20, 16 << 20, 2 << 20, 1 << 20),
+            Some(40 << 20)
+        );
+        assert_eq!(
+            bzimage_end((32 << 20) + 1, 33 << 20, 16 << 20, 2 << 20, 1 << 20),
+            Some(35 << 20)
+        );
+        // A zero alignment (bad header) is taken as 1, and overflow is caught.
+        assert_eq!(bzimage_end(1 << 20, 0, 0, 0, 4096), Some((1 << 20) + 4096));
+        assert_eq!(bzimage_end(u64::MAX, 0, 0, 2 << 20, 1), None);
+    }
 
     #[test]
     fn small_guests_have_one_region_and_large_ones_skip_the_mmio_hole() {

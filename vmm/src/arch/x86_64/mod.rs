@@ -1,8 +1,13 @@
-//! x86_64: PVH direct boot of an ELF `vmlinux`, in-kernel irqchip and PIT, MP table, e820,
-//! CPUID per vCPU, the 8250 console at 0x3f8 (IRQ 4), the i8042 reset port at 0x64, and
-//! virtio-mmio windows from 0xd000_0000 on IRQs 5 and up.
+//! x86_64: direct boot of an ELF `vmlinux` through its PVH entry or of a `bzImage` through
+//! the Linux 32-bit boot protocol, in-kernel irqchip and PIT, MP table, e820, CPUID per
+//! vCPU, the 8250 console at 0x3f8 (IRQ 4), the i8042 reset port at 0x64, and virtio-mmio
+//! windows from 0xd000_0000 on IRQs 5 and up.
 //!
-//! Not yet: bzImage (Linux boot protocol) boot, ACPI.
+//! Both entries start the vCPU in 32-bit protected mode with paging off and the same flat
+//! GDT ([`regs`]); they differ in the boot structure (PVH `hvm_start_info` in `EBX`, or the
+//! zero page `boot_params` in `ESI`) and where the kernel is entered.
+//!
+//! Not yet: ACPI.
 
 pub mod cpuid;
 pub mod layout;
@@ -13,8 +18,11 @@ use std::fs::File;
 
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
@@ -44,6 +52,44 @@ pub const VIRTIO_IRQ_BASE: u32 = 5;
 pub const VIRTIO_MAX_DEVICES: u32 = 24 - VIRTIO_IRQ_BASE;
 /// `hvm_start_info.magic`.
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+/// `setup_header.type_of_loader`: a boot loader without an assigned id.
+const LOADER_TYPE_UNDEFINED: u8 = 0xff;
+/// The oldest Linux boot protocol we boot: 2.10 added `pref_address` and `init_size`,
+/// without which we cannot tell where the decompressed kernel will lie.
+const MIN_BOOT_PROTOCOL: u16 = 0x020a;
+
+/// How a loaded kernel is entered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BootProtocol {
+    /// PVH (ELF `vmlinux` with a `XEN_ELFNOTE_PHYS32_ENTRY`): `EBX` = `hvm_start_info`.
+    Pvh,
+    /// The Linux 32-bit boot protocol (`bzImage`), entered at `code32_start` with `ESI` = the
+    /// zero page, which starts from the image's own setup header.
+    Linux(setup_header),
+}
+
+/// The kernel image formats [`load_kernel`] tells apart by their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// An ELF `vmlinux`.
+    Elf,
+    /// A `bzImage` (the `HdrS` magic of the setup header at 0x202).
+    BzImage,
+}
+
+/// How many bytes [`kernel_format`] looks at.
+pub const KERNEL_MAGIC_LEN: usize = 0x206;
+
+/// Which format `head` (the first bytes of a kernel file) is, if any we boot.
+pub fn kernel_format(head: &[u8]) -> Option<KernelFormat> {
+    if head.starts_with(b"\x7fELF") {
+        Some(KernelFormat::Elf)
+    } else if head.get(0x202..0x206) == Some(b"HdrS") {
+        Some(KernelFormat::BzImage)
+    } else {
+        None
+    }
+}
 
 /// Errors of x86_64 VM setup.
 #[derive(Debug, Error)]
@@ -63,12 +109,48 @@ pub enum Error {
     /// Loading the kernel ELF failed.
     #[error("loading the kernel: {0}")]
     LoadKernel(linux_loader::loader::Error),
+    /// Reading the kernel's first bytes failed.
+    #[error("reading the kernel: {0}")]
+    ReadKernel(std::io::Error),
+    /// The kernel is neither an ELF vmlinux nor a bzImage.
+    #[error(
+        "the kernel is neither an ELF vmlinux nor a bzImage (no ELF magic, no \"HdrS\" at \
+         0x202)"
+    )]
+    UnknownKernelFormat,
     /// The kernel has no PVH entry point.
     #[error(
-        "the kernel has no PVH entry point (XEN_ELFNOTE_PHYS32_ENTRY); build it with \
-         CONFIG_PVH=y (bzImage boot is not implemented yet)"
+        "the ELF kernel has no PVH entry point (XEN_ELFNOTE_PHYS32_ENTRY): build it with \
+         CONFIG_PVH=y, or boot its bzImage"
     )]
     NoPvhEntry,
+    /// The bzImage speaks a boot protocol older than 2.10.
+    #[error(
+        "the bzImage speaks Linux boot protocol {major}.{minor:02}; hull-vmm needs 2.10 or later"
+    )]
+    OldBootProtocol {
+        /// Major version.
+        major: u16,
+        /// Minor version.
+        minor: u16,
+    },
+    /// Guest RAM ends before the memory the kernel needs to start.
+    #[error(
+        "the kernel needs guest RAM up to {needs:#x} before it reads the memory map; give \
+         the VM more memory"
+    )]
+    KernelTooLarge {
+        /// The first address past what it needs.
+        needs: u64,
+    },
+    /// The command line is longer than the bzImage accepts.
+    #[error("the command line is {len} bytes; this bzImage accepts at most {max}")]
+    CmdlineTooLong {
+        /// Its length without the NUL.
+        len: u64,
+        /// The image's `cmdline_size`.
+        max: u32,
+    },
     /// The initramfs does not fit between the kernel and the end of low RAM.
     #[error("an initramfs of {size} bytes does not fit in guest RAM above the kernel")]
     InitrdTooLarge {
@@ -118,24 +200,83 @@ pub fn setup_vm(vm: &VmFd) -> Result<(), Error> {
         .map_err(|e| Error::VmIoctl("KVM_CREATE_PIT2", e))
 }
 
-/// Loads an ELF `vmlinux` at its physical addresses and returns its PVH entry point.
+/// Loads the kernel: an ELF `vmlinux` at its physical addresses (entered through PVH), or a
+/// `bzImage`'s protected-mode part at its `code32_start` (1 MiB; entered through the Linux
+/// boot protocol). The format is told by the first bytes, not the file name.
 pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEntry, Error> {
+    use std::os::unix::fs::FileExt;
+
+    let mut head = [0u8; KERNEL_MAGIC_LEN];
+    let mut got = 0;
+    while got < head.len() {
+        match kernel.read_at(&mut head[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::ReadKernel(e)),
+        }
+    }
+    let entry = match kernel_format(&head[..got]) {
+        Some(KernelFormat::Elf) => load_elf(mem, kernel)?,
+        Some(KernelFormat::BzImage) => load_bzimage(mem, kernel)?,
+        None => return Err(Error::UnknownKernelFormat),
+    };
+    let needs = entry.end.raw_value();
+    if needs > 0 && !mem.address_in_range(GuestAddress(needs - 1)) {
+        return Err(Error::KernelTooLarge { needs });
+    }
+    Ok(entry)
+}
+
+fn load_elf(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEntry, Error> {
     let loaded = Elf::load(mem, None, kernel, Some(GuestAddress(layout::HIMEM_START)))
         .map_err(Error::LoadKernel)?;
     match loaded.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) => Ok(KernelEntry {
             entry,
             end: GuestAddress(loaded.kernel_end),
+            protocol: BootProtocol::Pvh,
         }),
         _ => Err(Error::NoPvhEntry),
     }
 }
 
-/// Where an initramfs of `size` bytes goes: the top of RAM below the MMIO hole, above the
-/// kernel (which ends at `kernel_end`).
+fn load_bzimage(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEntry, Error> {
+    let loaded = BzImage::load(mem, None, kernel, Some(GuestAddress(layout::HIMEM_START)))
+        .map_err(Error::LoadKernel)?;
+    // BzImage::load returns its header on success; without one nothing can be booted.
+    let hdr = loaded.setup_header.ok_or(Error::LoadKernel(
+        linux_loader::loader::Error::InvalidKernelStartAddress,
+    ))?;
+    // Copies: the header is a packed struct.
+    let version = hdr.version;
+    if version < MIN_BOOT_PROTOCOL {
+        return Err(Error::OldBootProtocol {
+            major: version >> 8,
+            minor: version & 0xff,
+        });
+    }
+    let (pref, align, init_size) = (hdr.pref_address, hdr.kernel_alignment, hdr.init_size);
+    let end = layout::bzimage_end(
+        loaded.kernel_load.raw_value(),
+        loaded.kernel_end,
+        pref,
+        align,
+        init_size,
+    )
+    .ok_or(Error::KernelTooLarge { needs: u64::MAX })?;
+    Ok(KernelEntry {
+        entry: loaded.kernel_load,
+        end: GuestAddress(end),
+        protocol: BootProtocol::Linux(hdr),
+    })
+}
+
+/// Where an initramfs of `size` bytes goes: the top of RAM below the MMIO hole (and, for a
+/// bzImage, below its `initrd_addr_max`), above the memory the kernel claims.
 pub fn initrd_address(
     mem: &GuestMemoryMmap,
-    kernel_end: GuestAddress,
+    kernel: &KernelEntry,
     size: u64,
 ) -> Result<GuestAddress, Error> {
     let low_end = mem
@@ -147,10 +288,18 @@ pub fn initrd_address(
         })
         .find(|&end| end <= layout::MMIO_GAP_START)
         .unwrap_or(layout::MMIO_GAP_START);
-    layout::initrd_address(low_end, kernel_end.0, size).ok_or(Error::InitrdTooLarge { size })
+    let top = match kernel.protocol {
+        BootProtocol::Pvh => low_end,
+        BootProtocol::Linux(hdr) => {
+            let max = hdr.initrd_addr_max;
+            low_end.min(u64::from(max) + 1)
+        }
+    };
+    layout::initrd_address(top, kernel.end.0, size).ok_or(Error::InitrdTooLarge { size })
 }
 
-/// Writes the MP table and the PVH start info (command line, initramfs, memory map).
+/// Writes the MP table and the kernel's boot structure: the PVH start info, or the zero
+/// page. Both carry the command line, the initramfs and the e820 memory map.
 pub fn configure_system(mem: &GuestMemoryMmap, boot: &BootInfo) -> Result<(), Error> {
     let table = mptable::mptable(boot.vcpus)?;
     mem.write_slice(&table, GuestAddress(layout::MPTABLE_START))
@@ -163,8 +312,25 @@ pub fn configure_system(mem: &GuestMemoryMmap, boot: &BootInfo) -> Result<(), Er
             (r.start_addr(), r.len())
         })
         .collect();
-    let memmap: Vec<hvm_memmap_table_entry> = layout::memmap(&regions)
-        .into_iter()
+    let memmap = layout::memmap(&regions);
+    match boot.kernel.protocol {
+        BootProtocol::Pvh => write_pvh_start_info(mem, boot, &memmap),
+        BootProtocol::Linux(hdr) => {
+            let params = zero_page(hdr, boot, &memmap)?;
+            let params = BootParams::new(&params, GuestAddress(layout::ZERO_PAGE_START));
+            LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
+                .map_err(Error::StartInfo)
+        }
+    }
+}
+
+fn write_pvh_start_info(
+    mem: &GuestMemoryMmap,
+    boot: &BootInfo,
+    memmap: &[layout::MemmapEntry],
+) -> Result<(), Error> {
+    let memmap: Vec<hvm_memmap_table_entry> = memmap
+        .iter()
         .map(|e| hvm_memmap_table_entry {
             addr: e.addr,
             size: e.size,
@@ -201,6 +367,53 @@ pub fn configure_system(mem: &GuestMemoryMmap, boot: &BootInfo) -> Result<(), Er
     PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem).map_err(Error::StartInfo)
 }
 
+/// The zero page for a bzImage: its own setup header, with what the loader fills in (loader
+/// type, command line, initramfs) and the e820 map. Pure, so it is unit tested.
+pub fn zero_page(
+    hdr: setup_header,
+    boot: &BootInfo,
+    memmap: &[layout::MemmapEntry],
+) -> Result<boot_params, Error> {
+    let mut params = boot_params {
+        hdr,
+        ..Default::default()
+    };
+    params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
+    let max_cmdline = hdr.cmdline_size;
+    let len = boot.cmdline_size.saturating_sub(1);
+    if len > u64::from(max_cmdline) {
+        return Err(Error::CmdlineTooLong {
+            len,
+            max: max_cmdline,
+        });
+    }
+    // Below 4 GiB by the layout (CMDLINE_START); a failure here is a layout bug.
+    params.hdr.cmd_line_ptr = u32::try_from(boot.cmdline_addr.raw_value())
+        .map_err(|_| Error::Device("the command line", "above 4 GiB".into()))?;
+    if let Some((addr, size)) = boot.initrd {
+        // initrd_address placed it below initrd_addr_max, so both fit 32 bits.
+        params.hdr.ramdisk_image =
+            u32::try_from(addr.raw_value()).map_err(|_| Error::InitrdTooLarge { size })?;
+        params.hdr.ramdisk_size =
+            u32::try_from(size).map_err(|_| Error::InitrdTooLarge { size })?;
+    }
+    if memmap.len() > params.e820_table.len() {
+        return Err(Error::Device(
+            "the e820 map",
+            format!("{} entries", memmap.len()),
+        ));
+    }
+    for (slot, e) in params.e820_table.iter_mut().zip(memmap) {
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            r#type: e.kind,
+        };
+    }
+    params.e820_entries = memmap.len() as u8;
+    Ok(params)
+}
+
 /// What every vCPU's CPUID is derived from.
 #[derive(Debug, Clone)]
 pub struct VcpuTemplate {
@@ -229,8 +442,11 @@ pub fn configure_vcpu(
     let cpuid = CpuId::from_entries(&entries).map_err(|_| Error::CpuidEntries(index))?;
     vcpu.set_cpuid2(&cpuid).map_err(Error::VcpuIoctl)?;
     regs::set_msrs(vcpu)?;
-    regs::set_regs_pvh(vcpu, kernel.entry)?;
-    regs::set_sregs_pvh(vcpu, mem)?;
+    match kernel.protocol {
+        BootProtocol::Pvh => regs::set_regs_pvh(vcpu, kernel.entry)?,
+        BootProtocol::Linux(_) => regs::set_regs_linux(vcpu, kernel.entry)?,
+    }
+    regs::set_sregs_32bit(vcpu, mem)?;
     regs::set_fpu(vcpu)?;
     regs::set_lint(vcpu)
 }
@@ -252,4 +468,22 @@ pub fn register_devices(vm: &VmFd, devices: &mut LegacyDevices<'_>) -> Result<()
 /// Nothing on x86_64: the irqchip exists since [`setup_vm`].
 pub fn finish_vcpus(_vm: &VmFd, _vcpus: u8) -> Result<(), Error> {
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_formats_are_told_by_their_magic() {
+        let mut bz = vec![0u8; KERNEL_MAGIC_LEN];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(kernel_format(&bz), Some(KernelFormat::BzImage));
+        assert_eq!(kernel_format(b"\x7fELF\x02\x01"), Some(KernelFormat::Elf));
+        // Too short for the setup header, a zImage-less boot sector, a script.
+        assert_eq!(kernel_format(&bz[..0x204]), None);
+        assert_eq!(kernel_format(&[0u8; KERNEL_MAGIC_LEN]), None);
+        assert_eq!(kernel_format(b"#!/bin/sh"), None);
+        assert_eq!(kernel_format(b""), None);
+    }
 }

@@ -1,6 +1,7 @@
-//! vCPU boot state for the PVH entry: 32-bit protected mode, paging off, flat segments
-//! from a GDT in guest memory, `EBX` = the `hvm_start_info` address; plus boot MSRs, the
-//! FPU and the local APIC's LINT pins.
+//! vCPU boot state for both 32-bit entries: 32-bit protected mode, paging off, flat segments
+//! from a GDT in guest memory; for PVH `EBX` = the `hvm_start_info` address, for the Linux
+//! boot protocol (bzImage) `ESI` = the zero page. Plus boot MSRs, the FPU and the local
+//! APIC's LINT pins.
 //!
 //! The GDT and segment encodings are pure and unit tested; the `set_*` functions are thin
 //! ioctl wrappers.
@@ -9,19 +10,22 @@ use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{BOOT_GDT_START, BOOT_IDT_START, PVH_INFO_START};
+use super::layout::{BOOT_GDT_START, BOOT_IDT_START, PVH_INFO_START, ZERO_PAGE_START};
 use super::Error;
 
-/// Boot GDT: null, 32-bit flat code, 32-bit flat data, TSS.
-pub const BOOT_GDT: [u64; 4] = [
+/// Boot GDT: null, unused, 32-bit flat code, 32-bit flat data, TSS. Code and data sit at
+/// the selectors the Linux 32-bit boot protocol names (`__BOOT_CS` = 0x10, `__BOOT_DS` =
+/// 0x18); PVH leaves the selector values open, so one GDT serves both entries.
+pub const BOOT_GDT: [u64; 5] = [
+    gdt_entry(0, 0, 0),
     gdt_entry(0, 0, 0),
     gdt_entry(0xc09b, 0, 0xfffff),
     gdt_entry(0xc093, 0, 0xfffff),
     gdt_entry(0x008b, 0, 0x67),
 ];
-const CODE_SELECTOR: u16 = 1 << 3;
-const DATA_SELECTOR: u16 = 2 << 3;
-const TSS_SELECTOR: u16 = 3 << 3;
+const CODE_SELECTOR: u16 = 2 << 3;
+const DATA_SELECTOR: u16 = 3 << 3;
+const TSS_SELECTOR: u16 = 4 << 3;
 
 const X86_CR0_PE: u64 = 0x1;
 const X86_CR0_ET: u64 = 0x10;
@@ -89,7 +93,7 @@ pub fn segment(entry: u64, selector: u16) -> kvm_segment {
 }
 
 /// Writes the boot GDT and an empty IDT, and loads 32-bit flat protected mode.
-pub fn set_sregs_pvh(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
+pub fn set_sregs_32bit(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
     for (i, e) in BOOT_GDT.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(BOOT_GDT_START + 8 * i as u64))
             .map_err(|e| Error::WriteBootData("GDT", e))?;
@@ -101,11 +105,11 @@ pub fn set_sregs_pvh(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<(), Error> 
     sregs.gdt.limit = (8 * BOOT_GDT.len() - 1) as u16;
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
-    let data = segment(BOOT_GDT[2], DATA_SELECTOR);
-    sregs.cs = segment(BOOT_GDT[1], CODE_SELECTOR);
+    let data = segment(BOOT_GDT[3], DATA_SELECTOR);
+    sregs.cs = segment(BOOT_GDT[2], CODE_SELECTOR);
     (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-    sregs.tr = segment(BOOT_GDT[3], TSS_SELECTOR);
-    // PVH: protected mode, paging off, no long mode.
+    sregs.tr = segment(BOOT_GDT[4], TSS_SELECTOR);
+    // Both entries: protected mode, paging off, no long mode.
     sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
     sregs.cr3 = 0;
     sregs.cr4 = 0;
@@ -113,15 +117,33 @@ pub fn set_sregs_pvh(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<(), Error> 
     vcpu.set_sregs(&sregs).map_err(Error::VcpuIoctl)
 }
 
-/// General registers for the PVH entry.
+/// General registers for the PVH entry: `EBX` = the `hvm_start_info`.
 pub fn set_regs_pvh(vcpu: &VcpuFd, entry: GuestAddress) -> Result<(), Error> {
-    let regs = kvm_regs {
+    vcpu.set_regs(&regs_pvh(entry)).map_err(Error::VcpuIoctl)
+}
+
+/// General registers for the Linux 32-bit boot protocol entry (`code32_start`): `ESI` = the
+/// zero page; `EBP`, `EDI` and `EBX` zero, interrupts off.
+pub fn set_regs_linux(vcpu: &VcpuFd, entry: GuestAddress) -> Result<(), Error> {
+    vcpu.set_regs(&regs_linux(entry)).map_err(Error::VcpuIoctl)
+}
+
+fn regs_pvh(entry: GuestAddress) -> kvm_regs {
+    kvm_regs {
         rflags: 0x2,
         rip: entry.0,
         rbx: PVH_INFO_START,
         ..Default::default()
-    };
-    vcpu.set_regs(&regs).map_err(Error::VcpuIoctl)
+    }
+}
+
+fn regs_linux(entry: GuestAddress) -> kvm_regs {
+    kvm_regs {
+        rflags: 0x2,
+        rip: entry.0,
+        rsi: ZERO_PAGE_START,
+        ..Default::default()
+    }
 }
 
 /// The MSRs a freshly reset x86 CPU would have, as Linux expects them at boot.
@@ -199,9 +221,12 @@ mod tests {
     #[test]
     fn gdt_entries_encode_flat_segments() {
         assert_eq!(BOOT_GDT[0], 0);
-        assert_eq!(BOOT_GDT[1], 0x00cf_9b00_0000_ffff);
-        assert_eq!(BOOT_GDT[2], 0x00cf_9300_0000_ffff);
-        assert_eq!(BOOT_GDT[3], 0x0000_8b00_0000_0067);
+        assert_eq!(BOOT_GDT[1], 0);
+        assert_eq!(BOOT_GDT[2], 0x00cf_9b00_0000_ffff);
+        assert_eq!(BOOT_GDT[3], 0x00cf_9300_0000_ffff);
+        assert_eq!(BOOT_GDT[4], 0x0000_8b00_0000_0067);
+        // The Linux boot protocol's __BOOT_CS and __BOOT_DS.
+        assert_eq!((CODE_SELECTOR, DATA_SELECTOR), (0x10, 0x18));
         assert_eq!(
             gdt_entry(0xa09b, 0x1234_5678, 0xabcde),
             0x12aa_9b34_5678_bcde
@@ -210,16 +235,16 @@ mod tests {
 
     #[test]
     fn segments_decode_what_the_gdt_encodes() {
-        let cs = segment(BOOT_GDT[1], CODE_SELECTOR);
-        assert_eq!((cs.base, cs.limit, cs.selector), (0, 0xffff_ffff, 0x8));
+        let cs = segment(BOOT_GDT[2], CODE_SELECTOR);
+        assert_eq!((cs.base, cs.limit, cs.selector), (0, 0xffff_ffff, 0x10));
         assert_eq!(
             (cs.type_, cs.present, cs.dpl, cs.s, cs.db, cs.l, cs.g),
             (0xb, 1, 0, 1, 1, 0, 1)
         );
         assert_eq!(cs.unusable, 0);
-        let ds = segment(BOOT_GDT[2], DATA_SELECTOR);
+        let ds = segment(BOOT_GDT[3], DATA_SELECTOR);
         assert_eq!((ds.type_, ds.limit, ds.db), (0x3, 0xffff_ffff, 1));
-        let tr = segment(BOOT_GDT[3], TSS_SELECTOR);
+        let tr = segment(BOOT_GDT[4], TSS_SELECTOR);
         assert_eq!((tr.type_, tr.limit, tr.s, tr.g), (0xb, 0x67, 0, 0));
         let null = segment(0, 0);
         assert_eq!(null.unusable, 1);
@@ -228,6 +253,17 @@ mod tests {
             (odd.base, odd.limit, odd.l, odd.db),
             (0x1234_5678, 0xabcd_efff, 1, 0)
         );
+    }
+
+    #[test]
+    fn each_entry_gets_its_boot_structure_in_its_register() {
+        let pvh = regs_pvh(GuestAddress(0x100_0000));
+        assert_eq!((pvh.rip, pvh.rbx, pvh.rsi), (0x100_0000, PVH_INFO_START, 0));
+        let linux = regs_linux(GuestAddress(0x10_0000));
+        assert_eq!((linux.rip, linux.rsi), (0x10_0000, ZERO_PAGE_START));
+        // The boot protocol wants EBP, EDI and EBX zero, and interrupts off.
+        assert_eq!((linux.rbx, linux.rbp, linux.rdi), (0, 0, 0));
+        assert_eq!(linux.rflags & (1 << 9), 0);
     }
 
     #[test]
