@@ -1,6 +1,7 @@
-//! Turns [`VmResources`] into a configured [`Vm`]: KVM VM, guest memory, kernel, virtio
-//! devices (and their `virtio_mmio.device=` command-line entries), initramfs, boot tables,
-//! legacy devices and vCPUs, in that order.
+//! Turns [`VmResources`] into a configured [`Vm`]: KVM VM, guest memory, kernel, vCPUs (and
+//! on arm64 the GIC, which needs them), virtio devices (and their `virtio_mmio.device=`
+//! command-line entries), initramfs, boot tables and legacy devices, in that order. Every
+//! irqfd is registered after the vCPUs exist, as arm64 KVM requires.
 //!
 //! Every step's failure is a [`BuildError`] variant naming the step. Nothing runs guest code
 //! here; [`Vm::run`] does.
@@ -213,6 +214,20 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
 
     let kernel = arch::load_kernel(mem, &mut open("kernel", &res.kernel)?)?;
 
+    // vCPUs before any irqfd: arm64 KVM sizes the GIC from the vCPUs, creates it only once
+    // they all exist ([`arch::finish_vcpus`]) and refuses irqfds until then. x86_64 has its
+    // irqchip since `setup_vm` and does not mind the order.
+    let template = arch::vcpu_template(&kvm, &vm_fd)?;
+    let mut vcpu_fds = Vec::with_capacity(usize::from(res.vcpus));
+    for index in 0..res.vcpus {
+        let fd = vm_fd
+            .create_vcpu(u64::from(index))
+            .map_err(|source| BuildError::CreateVcpu { index, source })?;
+        arch::configure_vcpu(&template, &fd, index, res.vcpus, &kernel, mem)?;
+        vcpu_fds.push(fd);
+    }
+    arch::finish_vcpus(&vm_fd, res.vcpus)?;
+
     let mut cmdline =
         Cmdline::new(arch::CMDLINE_MAX_SIZE).map_err(|e| BuildError::Cmdline(e.to_string()))?;
     cmdline
@@ -351,23 +366,10 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
         ),
     };
 
-    let template = arch::vcpu_template(&kvm, &vm_fd)?;
-    let mut vcpus = Vec::with_capacity(usize::from(res.vcpus));
-    for index in 0..res.vcpus {
-        let fd = vm_fd
-            .create_vcpu(u64::from(index))
-            .map_err(|source| BuildError::CreateVcpu { index, source })?;
-        arch::configure_vcpu(&template, &fd, index, res.vcpus, &kernel, mem)?;
-        vcpus.push(Vcpu::new(
-            index,
-            fd,
-            pio.clone(),
-            mmio.clone(),
-            exit.clone(),
-            started,
-        ));
-    }
-    arch::finish_vcpus(&vm_fd, res.vcpus)?;
+    let vcpus = (0..res.vcpus)
+        .zip(vcpu_fds)
+        .map(|(index, fd)| Vcpu::new(index, fd, pio.clone(), mmio.clone(), exit.clone(), started))
+        .collect();
     log::debug!(
         "built: kernel entry {:#x}, initrd {:?}, {} vCPUs, {} MiB, in {:?}",
         kernel.entry.0,
