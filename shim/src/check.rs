@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::backend::hullvmm::{HullVmm, DEFAULT_HULL_VMM};
+use crate::backend::jail::JailRange;
 use crate::backend::qemu::{Accel, Qemu, DEFAULT_QEMU, DEFAULT_VSOCK_DAEMON};
 use crate::backend::{BackendKind, Hypervisor};
 use crate::image::GuestImage;
@@ -174,10 +175,13 @@ pub fn hypervisor(choice: &BackendChoice) -> Qemu {
     Qemu::new(choice.accel)
 }
 
-/// Makes the backend a choice names.
-pub fn backend(choice: &BackendChoice) -> Box<dyn Hypervisor> {
+/// Makes the backend a choice names; hull-vmm runs confined to `jail` ids if given.
+pub fn backend(choice: &BackendChoice, jail: Option<JailRange>) -> Box<dyn Hypervisor> {
     match choice.backend {
-        "hull-vmm" => Box::new(HullVmm::default()),
+        "hull-vmm" => Box::new(HullVmm {
+            jail,
+            ..HullVmm::default()
+        }),
         _ => Box::new(hypervisor(choice)),
     }
 }

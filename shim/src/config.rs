@@ -26,6 +26,12 @@
 //! memory_mib = 256     # at least 64
 //! kernel_params = ""   # appended to hull's guest kernel command line
 //! boot_timeout_seconds = 30
+//!
+//! [hull_vmm]
+//! # Each pod's hull-vmm runs as its own uid/gid from this range, chrooted into the pod's
+//! # vsock directory; "" runs it as the shim's user (root). Default: 0x70000000 + 64 Ki,
+//! # outside the ranges systemd and subuid allocations use.
+//! jail_ids = "1879048192-1879113727"
 //! ```
 //!
 //! This module parses and validates; it does not probe the host (that is [`crate::check`]).
@@ -36,6 +42,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::backend::jail::JailRange;
 use crate::backend::qemu::Accel;
 use crate::check::BackendRequest;
 use crate::image::GuestImage;
@@ -123,7 +130,18 @@ struct RawFile {
     log_level: Option<String>,
     #[serde(default)]
     guest: RawGuest,
+    #[serde(default)]
+    hull_vmm: RawHullVmm,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHullVmm {
+    jail_ids: Option<String>,
+}
+
+/// The ids pods' hull-vmm processes run as unless the file says otherwise.
+pub const DEFAULT_JAIL_IDS: &str = "1879048192-1879113727";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +175,8 @@ pub struct Config {
     pub kernel_params: String,
     /// Launch → agent ready deadline.
     pub boot_timeout: Duration,
+    /// The ids pods' hull-vmm processes run as (`None`: the shim's own).
+    pub jail_ids: Option<JailRange>,
 }
 
 impl Config {
@@ -278,6 +298,16 @@ impl Config {
                 "must be one line".into(),
             ));
         }
+        let jail_ids = match raw.hull_vmm.jail_ids.as_deref() {
+            Some("") => None,
+            Some(r) => Some(
+                JailRange::parse(r)
+                    .map_err(|e| invalid("hull_vmm.jail_ids", format!("{r:?}"), e.to_string()))?,
+            ),
+            None => Some(JailRange::parse(DEFAULT_JAIL_IDS).map_err(|e| {
+                invalid("hull_vmm.jail_ids", DEFAULT_JAIL_IDS.into(), e.to_string())
+            })?),
+        };
         let default_image = GuestImage::installed();
         let image = GuestImage {
             kernel: g.kernel.unwrap_or(default_image.kernel),
@@ -305,6 +335,7 @@ impl Config {
             memory_mib,
             kernel_params,
             boot_timeout,
+            jail_ids,
         })
     }
 
@@ -435,6 +466,8 @@ vcpus = 2
 memory_mib = 512
 kernel_params = "quiet"
 boot_timeout_seconds = 60
+[hull_vmm]
+jail_ids = "70000-70009"
 "#,
             Some(Path::new("/etc/hull/config.toml")),
         )
@@ -449,8 +482,22 @@ boot_timeout_seconds = 60
         );
         assert_eq!(vm.extra_cmdline, "hull_log=debug quiet");
         assert_eq!(vm.boot_timeout, Duration::from_secs(60));
+        assert_eq!(
+            c.jail_ids,
+            Some(JailRange {
+                first: 70000,
+                count: 10
+            })
+        );
         let h = Config::parse("backend = \"hull-vmm\"", None).unwrap();
         assert_eq!(h.backend_request(), BackendRequest::HullVmm);
+        // Confined by default; "" turns it off.
+        assert_eq!(
+            h.jail_ids,
+            Some(JailRange::parse(DEFAULT_JAIL_IDS).unwrap())
+        );
+        let off = Config::parse("[hull_vmm]\njail_ids = \"\"", None).unwrap();
+        assert_eq!(off.jail_ids, None);
     }
 
     fn err(text: &str) -> String {
@@ -486,6 +533,10 @@ boot_timeout_seconds = 60
         assert!(e.contains("vcpus"), "{e}");
         let e = err("this is not toml");
         assert!(e.contains("/x.toml"), "{e}");
+        let e = err("[hull_vmm]\njail_ids = \"0-100\"\n");
+        assert!(e.contains("hull_vmm.jail_ids = \"0-100\""), "{e}");
+        let e = err("[hull_vmm]\nuser = \"nobody\"\n");
+        assert!(e.contains("unknown field `user`"), "{e}");
     }
 
     #[test]

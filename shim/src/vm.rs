@@ -206,6 +206,9 @@ pub fn validate_id(id: &str) -> Result<(), VmError> {
     }
 }
 
+/// The state directory's subdirectory that holds the VM's vsock sockets.
+pub const VSOCK_DIR: &str = "vsock";
+
 /// A VM's state directory, removed with everything in it when dropped.
 #[derive(Debug)]
 struct StateDir(PathBuf);
@@ -283,6 +286,15 @@ impl Vm {
         } else {
             None
         };
+        // The vsock sockets get a directory of their own: a confined hull-vmm is chrooted
+        // into it and sees nothing else of the pod's state.
+        let vsock_dir = state.0.join(VSOCK_DIR);
+        std::fs::create_dir(&vsock_dir).map_err(|source| VmError::StateDir {
+            path: vsock_dir.clone(),
+            source,
+        })?;
+        let vsock_uds = vsock_dir.join("vsock.sock");
+        let ready = vsock::listen(&vsock_uds, READY_VSOCK_PORT)?;
         let spec = LaunchSpec {
             id: id.to_string(),
             state_dir: state.0.clone(),
@@ -291,11 +303,11 @@ impl Vm {
             cmdline: cfg.cmdline(),
             vcpus: cfg.vcpus,
             memory_mib: cfg.memory_mib,
-            vsock_uds: state.0.join("vsock.sock"),
+            guest_listeners: vec![vsock::guest_initiated_path(&vsock_uds, READY_VSOCK_PORT)],
+            vsock_uds,
             console_log: state.0.join("console.log"),
             share_dir,
         };
-        let ready = vsock::listen(&spec.vsock_uds, READY_VSOCK_PORT)?;
         let start = Instant::now();
         let mut procs = hypervisor.launch(&spec).await?;
         log::debug!(

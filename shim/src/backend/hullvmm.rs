@@ -9,17 +9,23 @@
 //! hull-vmm runs with its per-thread seccomp filters (its default; this backend never
 //! passes `--no-seccomp`).
 //!
-//! Not here: `--uid/--gid/--chroot` (hull-vmm runs as the shim's child with the shim's
-//! privileges). Not trivial: it needs a per-pod user, a chroot holding the pod's
-//! hybrid-vsock socket and `<uds>_<port>` listeners connectable by that user, and the
-//! virtiofsd socket opened before the drop; left for a later change. Network and block
-//! devices.
+//! Confinement ([`HullVmm::jail`], the config's `hull_vmm.jail_ids`): each pod's hull-vmm
+//! gets a uid and gid of its own ([`super::jail`]), builds the VM as root (it opens
+//! `/dev/kvm`, the image, the console file, binds the vsock socket and connects to
+//! virtiofsd), then chroots into the pod's vsock directory and becomes that id
+//! (`--chroot`, `--uid`, `--gid`). The directory and the shim's `<uds>_<port>` listeners
+//! are given to the id first, so the guest can still open connections to the host and
+//! hull-vmm can remove its socket at exit. Without a range it runs with the shim's
+//! privileges.
+//!
+//! Not here: network and block devices.
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
 use async_trait::async_trait;
 
+use super::jail::{JailId, JailRange, DEFAULT_LOCK_DIR};
 use super::qemu::{terminate_all, virtiofs_socket, virtiofsd_args, Helper, SHARE_TAG};
 use super::{BackendError, Hypervisor, LaunchSpec, VmProcesses};
 use crate::util::tail_of_file;
@@ -34,6 +40,10 @@ pub struct HullVmm {
     pub binary: PathBuf,
     /// `virtiofsd` (a name is looked up in PATH), for VMs with a share.
     pub virtiofsd: PathBuf,
+    /// The ids pods' hull-vmm processes run as, one each; `None`: the shim's own.
+    pub jail: Option<JailRange>,
+    /// Where the ids' locks live.
+    pub jail_lock_dir: PathBuf,
 }
 
 impl Default for HullVmm {
@@ -41,8 +51,43 @@ impl Default for HullVmm {
         HullVmm {
             binary: DEFAULT_HULL_VMM.into(),
             virtiofsd: super::qemu::DEFAULT_VIRTIOFSD.into(),
+            jail: None,
+            jail_lock_dir: DEFAULT_LOCK_DIR.into(),
         }
     }
+}
+
+/// Where a confined hull-vmm is chrooted: the directory of the vsock sockets.
+fn jail_dir(spec: &LaunchSpec) -> &std::path::Path {
+    spec.vsock_uds
+        .parent()
+        .unwrap_or_else(|| std::path::Path::new("/"))
+}
+
+/// The flags that confine hull-vmm to `id` in the vsock directory.
+pub fn jail_args(spec: &LaunchSpec, id: u32) -> Vec<String> {
+    vec![
+        "--uid".into(),
+        id.to_string(),
+        "--gid".into(),
+        id.to_string(),
+        "--chroot".into(),
+        jail_dir(spec).display().to_string(),
+    ]
+}
+
+/// Takes a pod id for hull-vmm and gives it the vsock directory and the shim's listeners.
+fn confine(
+    range: JailRange,
+    lock_dir: &std::path::Path,
+    spec: &LaunchSpec,
+) -> Result<JailId, BackendError> {
+    let id = JailId::allocate(range, lock_dir, &spec.id)?;
+    id.give(jail_dir(spec))?;
+    for listener in &spec.guest_listeners {
+        id.give(listener)?;
+    }
+    Ok(id)
 }
 
 /// hull-vmm's command line for `spec` (without the binary).
@@ -80,6 +125,14 @@ impl Hypervisor for HullVmm {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn VmProcesses>, BackendError> {
+        let jail = match self.jail {
+            Some(range) => Some(confine(range, &self.jail_lock_dir, spec)?),
+            None => None,
+        };
+        let mut args = hull_vmm_args(spec);
+        if let Some(id) = &jail {
+            args.extend(jail_args(spec, id.id()));
+        }
         // virtiofsd first: hull-vmm connects to its socket while it builds the VM.
         let mut helpers = Vec::new();
         if let Some(share) = &spec.share_dir {
@@ -93,11 +146,7 @@ impl Hypervisor for HullVmm {
                 .await?,
             );
         }
-        let vmm = match Helper::spawn(
-            &self.binary,
-            &hull_vmm_args(spec),
-            &spec.state_dir.join("hull-vmm.log"),
-        ) {
+        let vmm = match Helper::spawn(&self.binary, &args, &spec.state_dir.join("hull-vmm.log")) {
             Ok(v) => v,
             Err(e) => {
                 terminate_all(&mut helpers).await;
@@ -105,25 +154,30 @@ impl Hypervisor for HullVmm {
             }
         };
         log::debug!(
-            "{}: hull-vmm pid {:?}, helper pids {:?}",
+            "{}: hull-vmm pid {:?} (uid {:?}), helper pids {:?}",
             spec.id,
             vmm.child.id(),
+            jail.as_ref().map(JailId::id),
             helpers.iter().map(|h| h.child.id()).collect::<Vec<_>>()
         );
         Ok(Box::new(HullVmmVm {
             vmm,
             status: None,
             helpers,
+            _jail: jail,
         }))
     }
 }
 
-/// The processes of one hull-vmm VM. Dropping it kills them (`kill_on_drop`).
+/// The processes of one hull-vmm VM. Dropping it kills them (`kill_on_drop`), then frees
+/// the VMM's id.
 #[derive(Debug)]
 pub struct HullVmmVm {
     vmm: Helper,
     status: Option<ExitStatus>,
     helpers: Vec<Helper>,
+    // Last: the id is free only once the processes are gone.
+    _jail: Option<JailId>,
 }
 
 #[async_trait]

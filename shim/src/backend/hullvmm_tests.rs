@@ -15,7 +15,8 @@ fn spec(state: &Path) -> LaunchSpec {
         cmdline: "console=ttyS0 quiet".into(),
         vcpus: 2,
         memory_mib: 256,
-        vsock_uds: state.join("vsock.sock"),
+        vsock_uds: state.join("vsock/vsock.sock"),
+        guest_listeners: vec![state.join("vsock/vsock.sock_1025")],
         console_log: state.join("console.log"),
         share_dir: None,
     }
@@ -38,7 +39,12 @@ fn command_line_carries_the_image_resources_console_and_hybrid_vsock_socket() {
     assert_eq!(value_of(&a, "--memory-mib"), ["256"]);
     assert_eq!(value_of(&a, "--console"), ["/run/hull/t1/console.log"]);
     // The same socket the shim listens beside (<uds>_1025) and connects to.
-    assert_eq!(value_of(&a, "--vsock-uds"), ["/run/hull/t1/vsock.sock"]);
+    assert_eq!(
+        value_of(&a, "--vsock-uds"),
+        ["/run/hull/t1/vsock/vsock.sock"]
+    );
+    // Unconfined unless the backend has a jail range.
+    assert!(value_of(&a, "--uid").is_empty() && value_of(&a, "--chroot").is_empty());
     assert!(value_of(&a, "--fs").is_empty());
     // hull-vmm's seccomp filters stay on (its default): never --no-seccomp or the trap mode.
     assert!(!a.iter().any(|x| x.contains("seccomp")), "{a:?}");
@@ -53,7 +59,7 @@ fn command_line_carries_the_image_resources_console_and_hybrid_vsock_socket() {
                 "--memory-mib",
                 "--console",
                 "--vsock-uds",
-                "--fs"
+                "--fs",
             ]
             .contains(&flag.as_str()),
             "{flag}"
@@ -77,6 +83,16 @@ fn a_share_is_served_by_virtiofsd_on_a_socket_in_the_state_dir() {
         ["/run/hull/t1/virtiofs.sock"]
     );
     assert_eq!(value_of(&v, "--shared-dir"), ["/run/hull/t1/share"]);
+}
+
+#[test]
+fn a_confined_vmm_runs_as_its_pod_id_chrooted_in_the_vsock_directory() {
+    let a = jail_args(&spec(Path::new("/run/hull/t1")), 5000);
+    assert_eq!(value_of(&a, "--uid"), ["5000"]);
+    assert_eq!(value_of(&a, "--gid"), ["5000"]);
+    // hull-vmm requires --vsock-uds to lie inside --chroot.
+    assert_eq!(value_of(&a, "--chroot"), ["/run/hull/t1/vsock"]);
+    assert!(Path::new("/run/hull/t1/vsock/vsock.sock").starts_with(value_of(&a, "--chroot")[0]));
 }
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -130,6 +146,7 @@ async fn launch_tracks_both_processes_and_terminate_reaps_them() {
     let hv = HullVmm {
         binary: script(&t.bin, "hull-vmm", "exec sleep 600"),
         virtiofsd: script(&t.bin, "virtiofsd", FAKE_VIRTIOFSD),
+        ..HullVmm::default()
     };
     let mut vm = hv.launch(&spec_with_share(&t.state)).await.unwrap();
     let pids = vm.pids();
@@ -152,6 +169,7 @@ async fn a_hull_vmm_that_cannot_start_leaves_no_virtiofsd_behind() {
     let hv = HullVmm {
         binary: t.bin.join("no-such-hull-vmm"),
         virtiofsd: script(&t.bin, "virtiofsd", FAKE_VIRTIOFSD),
+        ..HullVmm::default()
     };
     let e = hv.launch(&spec_with_share(&t.state)).await.unwrap_err();
     assert!(matches!(e, BackendError::Spawn { .. }), "{e}");
@@ -174,6 +192,7 @@ async fn a_virtiofsd_that_fails_is_reported_and_hull_vmm_is_not_started() {
             &format!("touch {}; exec sleep 600", marker.display()),
         ),
         virtiofsd: script(&t.bin, "virtiofsd", "echo 'no share for you' >&2; exit 1"),
+        ..HullVmm::default()
     };
     let e = hv.launch(&spec_with_share(&t.state)).await.unwrap_err();
     let msg = e.to_string();
@@ -190,6 +209,7 @@ async fn wait_reports_the_vmm_exit_status_and_needs_no_share() {
     let hv = HullVmm {
         binary: script(&t.bin, "hull-vmm", "echo 'hull-vmm: bad' >&2; exit 3"),
         virtiofsd: t.bin.join("unused"),
+        ..HullVmm::default()
     };
     let mut vm = hv.launch(&spec(&t.state)).await.unwrap();
     assert_eq!(vm.wait().await.unwrap().code(), Some(3));
@@ -200,6 +220,75 @@ async fn wait_reports_the_vmm_exit_status_and_needs_no_share() {
         vm.diagnostics()
     );
     vm.terminate().await;
+}
+
+fn uid_of(path: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().uid()
+}
+
+/// The jail as the shim sets it up: the pod's id owns the vsock directory and the
+/// listener, hull-vmm gets the flags, the id's lock lives as long as the VM, and nothing is
+/// left once it is gone. Needs root (chown), as the shim has.
+#[tokio::test]
+async fn a_jailed_launch_hands_the_vsock_directory_and_listener_to_the_pod_id_and_frees_it() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test needs root (chown), as the shim");
+    let t = setup();
+    let s = spec(&t.state);
+    std::fs::create_dir(t.state.join("vsock")).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&s.guest_listeners[0]).unwrap();
+    let args_file = t.state.join("args");
+    let locks = t.state.join("locks");
+    let hv = HullVmm {
+        binary: script(
+            &t.bin,
+            "hull-vmm",
+            &format!("echo \"$@\" > {}; exec sleep 600", args_file.display()),
+        ),
+        jail: Some(super::JailRange::parse("60000-60001").unwrap()),
+        jail_lock_dir: locks.clone(),
+        ..HullVmm::default()
+    };
+    let mut vm = hv.launch(&s).await.unwrap();
+    let mut args = String::new();
+    for _ in 0..100 {
+        args = std::fs::read_to_string(&args_file).unwrap_or_default();
+        if !args.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let id = uid_of(&t.state.join("vsock"));
+    assert!((60000..=60001).contains(&id), "vsock dir owned by {id}");
+    assert_eq!(uid_of(&s.guest_listeners[0]), id, "the listener");
+    assert!(
+        args.contains(&format!(
+            "--uid {id} --gid {id} --chroot {}",
+            t.state.join("vsock").display()
+        )),
+        "{args}"
+    );
+    assert!(locks.join(format!("{id}.lock")).exists());
+    // A second pod gets the other id; a third finds the range full and starts nothing.
+    let other = tempfile::tempdir().unwrap();
+    let mut s2 = spec(other.path());
+    s2.id = "t2".into();
+    std::fs::create_dir(other.path().join("vsock")).unwrap();
+    let _l2 = std::os::unix::net::UnixListener::bind(&s2.guest_listeners[0]).unwrap();
+    let mut vm2 = hv.launch(&s2).await.unwrap();
+    assert_eq!(uid_of(&other.path().join("vsock")), 60001 - (id - 60000));
+    let e = hv.launch(&s2).await.unwrap_err();
+    assert!(e.to_string().contains("jail range 60000-60001"), "{e}");
+    vm.terminate().await;
+    vm2.terminate().await;
+    drop((vm, vm2, listener));
+    assert_eq!(
+        std::fs::read_dir(&locks).unwrap().count(),
+        0,
+        "id locks left behind"
+    );
 }
 
 /// Boots the real guest image with hull-vmm and virtiofsd (both from PATH) through the
@@ -214,11 +303,37 @@ async fn hull_vmm_boots_the_guest_image_with_a_share_and_shuts_it_down() {
     let mut cfg = crate::vm::VmConfig::new(image.kernel, image.initrd);
     cfg.share = true;
     cfg.state_root = root.path().into();
-    let vm = crate::vm::Vm::boot(&HullVmm::default(), "hullvmm-test", &cfg)
+    // Confined as the shim confines it by default: its own id, chrooted in the vsock dir.
+    let hv = HullVmm {
+        jail: Some(super::JailRange::parse("61000-61009").unwrap()),
+        jail_lock_dir: root.path().join("locks"),
+        ..HullVmm::default()
+    };
+    let vm = crate::vm::Vm::boot(&hv, "hullvmm-test", &cfg)
         .await
         .unwrap_or_else(|e| panic!("booting on hull-vmm: {e}"));
     let pids = vm.pids();
     assert_eq!(pids.len(), 2, "hull-vmm and virtiofsd");
+    // hull-vmm dropped to the pod's id (every uid slot) and its root is the vsock directory;
+    // the guest could still reach the shim's readiness listener (Vm::boot waited for it).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).unwrap();
+    let uids = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    let id = uid_of(&vm.state_dir().join(crate::vm::VSOCK_DIR));
+    assert!((61000..=61009).contains(&id), "{uids}");
+    let id_text = id.to_string();
+    assert_eq!(
+        uids.split_whitespace().skip(1).collect::<Vec<_>>(),
+        [id_text.as_str(); 4],
+        "{uids}"
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/root", pids[0])).unwrap(),
+        vm.state_dir().join(crate::vm::VSOCK_DIR)
+    );
     assert!(vm.share_dir().is_some());
     vm.agent().check().await.unwrap();
     let outcome = vm.shutdown(std::time::Duration::from_secs(10)).await;
@@ -228,4 +343,11 @@ async fn hull_vmm_boots_the_guest_image_with_a_share_and_shuts_it_down() {
     );
     assert!(pids.iter().all(|&p| !alive(p)));
     assert!(!root.path().join("hullvmm-test").exists());
+    assert_eq!(
+        std::fs::read_dir(root.path().join("locks"))
+            .unwrap()
+            .count(),
+        0,
+        "id locks left behind"
+    );
 }

@@ -7,6 +7,7 @@
 //! in [`crate::vm`], not here.
 
 pub mod hullvmm;
+pub mod jail;
 pub mod qemu;
 
 use std::fmt::Debug;
@@ -34,8 +35,12 @@ pub struct LaunchSpec {
     pub vcpus: u32,
     /// Guest memory in MiB.
     pub memory_mib: u32,
-    /// Where the backend must expose the hybrid-vsock unix socket.
+    /// Where the backend must expose the hybrid-vsock unix socket. Its directory holds only
+    /// vsock sockets (a confined VMM is chrooted into it).
     pub vsock_uds: PathBuf,
+    /// The `<vsock_uds>_<port>` sockets the shim already listens on for guest-initiated
+    /// connections; the hypervisor must be able to connect to them.
+    pub guest_listeners: Vec<PathBuf>,
     /// Where the guest's serial console output goes.
     pub console_log: PathBuf,
     /// A host directory to export to the guest as the virtio-fs pod share, if any.
@@ -79,6 +84,9 @@ pub enum BackendError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The VMM's per-pod identity could not be taken or set up.
+    #[error("confining the VMM: {0}")]
+    Jail(#[from] jail::JailError),
     /// Writing a file into the state directory failed.
     #[error("writing {path}: {source}")]
     StateFile {

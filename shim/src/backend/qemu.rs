@@ -406,6 +406,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 256,
             vsock_uds: "/run/hull/t1/vsock.sock".into(),
+            guest_listeners: vec![],
             console_log: "/run/hull/t1/console.log".into(),
             share_dir: None,
         }

@@ -212,7 +212,7 @@ async fn boot_one(args: &VmArgs, id: &str) -> Result<(Vm, check::BackendChoice)>
         .backend
         .map_err(anyhow::Error::msg)
         .context("choosing a backend")?;
-    let hv = check::backend(&choice);
+    let hv = check::backend(&choice, r.config.jail_ids);
     let vm = Vm::boot(hv.as_ref(), id, &r.vm).await?;
     Ok((vm, choice))
 }

@@ -217,7 +217,7 @@ pub async fn vm_setup(config_path: Option<&Path>) -> Result<VmSetup, PodError> {
     vm_cfg.share = true;
     Ok(VmSetup {
         vm_cfg,
-        hypervisor: check::backend(&choice),
+        hypervisor: check::backend(&choice, cfg.jail_ids),
     })
 }
 

@@ -1,0 +1,277 @@
+//! Per-pod identities for hull-vmm: each pod's VMM runs as a uid (and gid of the same number)
+//! of its own, taken from a configured range, so a VMM that a hostile guest takes over can
+//! neither signal, trace nor read another pod's VMM, nor touch anything root owns.
+//!
+//! An id is held with an exclusive `flock` on `<lock dir>/<id>.lock` for as long as its pod's
+//! VM lives. The lock dies with the holder, so a shim that is killed frees its id without any
+//! cleanup; a [`JailId`] dropped normally also removes its lock file, so a quiet host has an
+//! empty lock directory. Because a file can be unlinked between another process's `open` and
+//! `flock`, a lock only counts if the locked file is still the one at the path (same inode).
+//!
+//! The search starts at a slot derived from the pod id, so pods rarely contend for the same
+//! id, and walks the whole range before it gives up with an error that names the range.
+//!
+//! Not here: a user or mount namespace (hull-vmm chroots into the pod's vsock directory and
+//! changes its ids itself, see `vmm/src/privileges.rs`).
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// Where the locks live unless a test says otherwise.
+pub const DEFAULT_LOCK_DIR: &str = "/run/hull/jail";
+
+/// The ids pods' VMMs run as: `first..first + count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JailRange {
+    /// The first id.
+    pub first: u32,
+    /// How many ids.
+    pub count: u32,
+}
+
+/// Errors of taking a pod's id.
+#[derive(Debug, Error)]
+pub enum JailError {
+    /// The range is not `FIRST-LAST` with `0 < FIRST <= LAST < 4294967295`.
+    #[error("{0:?} is not an id range FIRST-LAST (1 <= FIRST <= LAST <= 4294967294)")]
+    BadRange(String),
+    /// The lock directory could not be created.
+    #[error("creating the jail lock directory {path}: {source}")]
+    LockDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A lock file could not be opened or locked for a reason other than contention.
+    #[error("locking {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Every id of the range is taken.
+    #[error("every id of the jail range {first}-{last} is in use by a running pod")]
+    Exhausted {
+        /// The first id.
+        first: u32,
+        /// The last id.
+        last: u32,
+    },
+    /// A socket or directory could not be handed to the pod's id.
+    #[error("giving {path} to uid {id}: {source}")]
+    Chown {
+        /// The file.
+        path: PathBuf,
+        /// The id.
+        id: u32,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl JailRange {
+    /// Parses `FIRST-LAST` (inclusive). Root (0) and the "no id" value (`u32::MAX`) are refused.
+    pub fn parse(s: &str) -> Result<JailRange, JailError> {
+        let bad = || JailError::BadRange(s.to_string());
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let first: u32 = a.trim().parse().map_err(|_| bad())?;
+        let last: u32 = b.trim().parse().map_err(|_| bad())?;
+        if first == 0 || last < first || last == u32::MAX {
+            return Err(bad());
+        }
+        Ok(JailRange {
+            first,
+            count: last - first + 1,
+        })
+    }
+
+    /// The last id.
+    pub fn last(&self) -> u32 {
+        self.first + (self.count - 1)
+    }
+}
+
+/// One id, held until dropped.
+#[derive(Debug)]
+pub struct JailId {
+    id: u32,
+    path: PathBuf,
+    _lock: File,
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when another holder has it.
+fn try_lock(file: &File) -> std::io::Result<bool> {
+    // SAFETY: flock on a descriptor this function borrows; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+impl JailId {
+    /// Takes a free id of `range`, starting the search at a slot derived from `pod`.
+    pub fn allocate(range: JailRange, lock_dir: &Path, pod: &str) -> Result<JailId, JailError> {
+        std::fs::create_dir_all(lock_dir).map_err(|source| JailError::LockDir {
+            path: lock_dir.to_path_buf(),
+            source,
+        })?;
+        let mut h = DefaultHasher::new();
+        pod.hash(&mut h);
+        let start = (h.finish() % u64::from(range.count)) as u32;
+        for step in 0..range.count {
+            let id = range.first + (start + step) % range.count;
+            let path = lock_dir.join(format!("{id}.lock"));
+            let lock_err = |source| JailError::Lock {
+                path: path.clone(),
+                source,
+            };
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(lock_err)?;
+            if !try_lock(&lock).map_err(lock_err)? {
+                continue;
+            }
+            // The previous holder may have unlinked the file between our open and our lock:
+            // then the lock is on a file nobody else can find, and does not count.
+            let ours = lock.metadata().map_err(lock_err)?.ino();
+            match std::fs::metadata(&path) {
+                Ok(m) if m.ino() == ours => {
+                    return Ok(JailId {
+                        id,
+                        path,
+                        _lock: lock,
+                    })
+                }
+                _ => continue,
+            }
+        }
+        Err(JailError::Exhausted {
+            first: range.first,
+            last: range.last(),
+        })
+    }
+
+    /// The uid (and gid) the pod's VMM runs as.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Gives `path` (a socket the VMM must connect to, or the directory it is confined to)
+    /// to this id.
+    pub fn give(&self, path: &Path) -> Result<(), JailError> {
+        std::os::unix::fs::chown(path, Some(self.id), Some(self.id)).map_err(|source| {
+            JailError::Chown {
+                path: path.to_path_buf(),
+                id: self.id,
+                source,
+            }
+        })
+    }
+}
+
+impl Drop for JailId {
+    fn drop(&mut self) {
+        // Unlinked while still locked, so nobody can lock this inode and believe it is the
+        // id's lock; the lock itself goes when `lock` is closed right after.
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            log::warn!("removing {}: {e}", self.path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_inclusive_and_never_include_root_or_the_no_id_value() {
+        assert_eq!(
+            JailRange::parse("1000-1009").unwrap(),
+            JailRange {
+                first: 1000,
+                count: 10
+            }
+        );
+        assert_eq!(JailRange::parse("7-7").unwrap().last(), 7);
+        for bad in ["", "5", "0-10", "10-5", "a-b", "1-4294967295", "-3", "3-"] {
+            let e = JailRange::parse(bad).unwrap_err();
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn each_holder_gets_its_own_id_until_the_range_runs_out_and_drop_frees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("jail");
+        let range = JailRange::parse("5000-5002").unwrap();
+        let a = JailId::allocate(range, &locks, "pod-a").unwrap();
+        let b = JailId::allocate(range, &locks, "pod-a").unwrap();
+        let c = JailId::allocate(range, &locks, "pod-c").unwrap();
+        let mut ids = vec![a.id(), b.id(), c.id()];
+        ids.sort_unstable();
+        assert_eq!(ids, [5000, 5001, 5002]);
+        let e = JailId::allocate(range, &locks, "pod-d").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("every id of the jail range 5000-5002 is in use"),
+            "{e}"
+        );
+        let freed = b.id();
+        drop(b);
+        assert!(!locks.join(format!("{freed}.lock")).exists());
+        let d = JailId::allocate(range, &locks, "pod-d").unwrap();
+        assert_eq!(d.id(), freed);
+        drop((a, c, d));
+        assert_eq!(
+            std::fs::read_dir(&locks).unwrap().count(),
+            0,
+            "lock files left"
+        );
+    }
+
+    #[test]
+    fn a_lock_on_a_file_that_was_unlinked_meanwhile_does_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = JailRange::parse("42-42").unwrap();
+        // A stale inode: opened, then its path unlinked and recreated by someone else who
+        // holds the new file's lock.
+        let path = dir.path().join("42.lock");
+        let stale = File::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let holder = JailId::allocate(range, dir.path(), "x").unwrap();
+        assert!(try_lock(&stale).unwrap(), "the stale inode is free to lock");
+        assert!(JailId::allocate(range, dir.path(), "y").is_err());
+        drop(holder);
+    }
+
+    #[test]
+    fn the_file_of_a_dead_holder_does_not_keep_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = JailRange::parse("9-9").unwrap();
+        // A shim that was killed leaves its lock file, but flock locks belong to the open
+        // file and die with it.
+        let left = File::create(dir.path().join("9.lock")).unwrap();
+        assert!(try_lock(&left).unwrap());
+        assert!(JailId::allocate(range, dir.path(), "p").is_err(), "held");
+        drop(left);
+        let again = JailId::allocate(range, dir.path(), "q").unwrap();
+        assert_eq!(again.id(), 9);
+    }
+}
