@@ -36,16 +36,18 @@ for t in "${targets[@]}"; do
 done
 
 # vhost-device-vsock 0.3: the version whose hybrid-vsock behaviour docs/protocol.md describes.
+# Into /usr/local/bin, not ~/.cargo/bin: the shim starts it as each pod's own uid
+# (`jail_ids`), which cannot reach root's home.
 vsock_version=0.3.0
-if ! vhost-device-vsock --version 2>/dev/null | grep -q " $vsock_version"; then
-    log "installing vhost-device-vsock $vsock_version from crates.io"
-    cargo install --locked --quiet vhost-device-vsock@"$vsock_version" >&2
+if ! /usr/local/bin/vhost-device-vsock --version 2>/dev/null | grep -q " $vsock_version"; then
+    log "installing vhost-device-vsock $vsock_version from crates.io into /usr/local/bin"
+    cargo install --locked --quiet --root /usr/local vhost-device-vsock@"$vsock_version" >&2
 fi
 # virtiofsd 1.14: the virtio-fs daemon of the QEMU backend (one per VM with a pod share).
 virtiofsd_version=1.14.0
-if ! virtiofsd --version 2>/dev/null | grep -q " $virtiofsd_version"; then
-    log "installing virtiofsd $virtiofsd_version from crates.io"
-    cargo install --locked --quiet virtiofsd@"$virtiofsd_version" >&2
+if ! /usr/local/bin/virtiofsd --version 2>/dev/null | grep -q " $virtiofsd_version"; then
+    log "installing virtiofsd $virtiofsd_version from crates.io into /usr/local/bin"
+    cargo install --locked --quiet --root /usr/local virtiofsd@"$virtiofsd_version" >&2
 fi
 # cargo-fuzz 0.13: builds and runs the libFuzzer targets of vmm/fuzz (make fuzz).
 cargo_fuzz_version=0.13.2

@@ -175,14 +175,17 @@ pub fn hypervisor(choice: &BackendChoice) -> Qemu {
     Qemu::new(choice.accel)
 }
 
-/// Makes the backend a choice names; hull-vmm runs confined to `jail` ids if given.
+/// Makes the backend a choice names; its processes run confined to `jail` ids if given.
 pub fn backend(choice: &BackendChoice, jail: Option<JailRange>) -> Box<dyn Hypervisor> {
     match choice.backend {
         "hull-vmm" => Box::new(HullVmm {
             jail,
             ..HullVmm::default()
         }),
-        _ => Box::new(hypervisor(choice)),
+        _ => Box::new(Qemu {
+            jail,
+            ..hypervisor(choice)
+        }),
     }
 }
 

@@ -26,10 +26,13 @@
 //! memory_mib = 256     # at least 64
 //! kernel_params = ""   # appended to hull's guest kernel command line
 //! boot_timeout_seconds = 30
+//! ```
 //!
-//! [hull_vmm]
-//! # Each pod's hull-vmm runs as its own uid/gid from this range, chrooted into the pod's
-//! # vsock directory; "" runs it as the shim's user (root). Default: 0x70000000 + 64 Ki,
+//! and, top-level (before `[guest]`):
+//!
+//! ```toml
+//! # Each pod's hypervisor (and QEMU's vsock daemon) runs as a uid/gid of its own from this
+//! # range once it has opened what it needs; "" keeps them root. Default: 0x70000000 + 64 Ki,
 //! # outside the ranges systemd and subuid allocations use.
 //! jail_ids = "1879048192-1879113727"
 //! ```
@@ -128,19 +131,12 @@ struct RawFile {
     backend: Option<Backend>,
     accelerator: Option<Accelerator>,
     log_level: Option<String>,
+    jail_ids: Option<String>,
     #[serde(default)]
     guest: RawGuest,
-    #[serde(default)]
-    hull_vmm: RawHullVmm,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHullVmm {
-    jail_ids: Option<String>,
-}
-
-/// The ids pods' hull-vmm processes run as unless the file says otherwise.
+/// The ids pods' hypervisor processes run as unless the file says otherwise.
 pub const DEFAULT_JAIL_IDS: &str = "1879048192-1879113727";
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,7 +171,7 @@ pub struct Config {
     pub kernel_params: String,
     /// Launch → agent ready deadline.
     pub boot_timeout: Duration,
-    /// The ids pods' hull-vmm processes run as (`None`: the shim's own).
+    /// The ids pods' hypervisor processes run as (`None`: root, the shim's own).
     pub jail_ids: Option<JailRange>,
 }
 
@@ -298,15 +294,12 @@ impl Config {
                 "must be one line".into(),
             ));
         }
-        let jail_ids = match raw.hull_vmm.jail_ids.as_deref() {
-            Some("") => None,
-            Some(r) => Some(
+        let jail_ids = match raw.jail_ids.as_deref().unwrap_or(DEFAULT_JAIL_IDS) {
+            "" => None,
+            r => Some(
                 JailRange::parse(r)
-                    .map_err(|e| invalid("hull_vmm.jail_ids", format!("{r:?}"), e.to_string()))?,
+                    .map_err(|e| invalid("jail_ids", format!("{r:?}"), e.to_string()))?,
             ),
-            None => Some(JailRange::parse(DEFAULT_JAIL_IDS).map_err(|e| {
-                invalid("hull_vmm.jail_ids", DEFAULT_JAIL_IDS.into(), e.to_string())
-            })?),
         };
         let default_image = GuestImage::installed();
         let image = GuestImage {
@@ -459,6 +452,7 @@ mod tests {
 backend = "qemu"
 accelerator = "tcg"
 log_level = "debug"
+jail_ids = "70000-70009"
 [guest]
 kernel = "/k"
 initrd = "/i"
@@ -466,8 +460,6 @@ vcpus = 2
 memory_mib = 512
 kernel_params = "quiet"
 boot_timeout_seconds = 60
-[hull_vmm]
-jail_ids = "70000-70009"
 "#,
             Some(Path::new("/etc/hull/config.toml")),
         )
@@ -496,7 +488,7 @@ jail_ids = "70000-70009"
             h.jail_ids,
             Some(JailRange::parse(DEFAULT_JAIL_IDS).unwrap())
         );
-        let off = Config::parse("[hull_vmm]\njail_ids = \"\"", None).unwrap();
+        let off = Config::parse("jail_ids = \"\"", None).unwrap();
         assert_eq!(off.jail_ids, None);
     }
 
@@ -533,10 +525,8 @@ jail_ids = "70000-70009"
         assert!(e.contains("vcpus"), "{e}");
         let e = err("this is not toml");
         assert!(e.contains("/x.toml"), "{e}");
-        let e = err("[hull_vmm]\njail_ids = \"0-100\"\n");
-        assert!(e.contains("hull_vmm.jail_ids = \"0-100\""), "{e}");
-        let e = err("[hull_vmm]\nuser = \"nobody\"\n");
-        assert!(e.contains("unknown field `user`"), "{e}");
+        let e = err("jail_ids = \"0-100\"\n");
+        assert!(e.contains("jail_ids = \"0-100\""), "{e}");
     }
 
     #[test]

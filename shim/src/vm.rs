@@ -8,6 +8,7 @@
 //! and on drop, the VM's processes are killed and its state directory is removed: nothing
 //! is left behind.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -222,7 +223,18 @@ impl StateDir {
             })?;
         }
         match std::fs::create_dir(&path) {
-            Ok(()) => Ok(StateDir(path)),
+            Ok(()) => {
+                let dir = StateDir(path);
+                // Traversable (not listable) by others whatever the umask: a confined
+                // vsock daemon, running as the pod's id, reaches its sockets through it.
+                std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o711)).map_err(
+                    |source| VmError::StateDir {
+                        path: dir.0.clone(),
+                        source,
+                    },
+                )?;
+                Ok(dir)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 Err(VmError::AlreadyExists(path))
             }

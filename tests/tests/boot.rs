@@ -200,3 +200,63 @@ async fn killing_a_vm_reaps_its_processes_and_removes_its_state() {
     vm.kill().await;
     assert_nothing_left(root.path());
 }
+
+/// The uid slots (real, effective, saved, fs) and the root directory of a process.
+fn ids_and_root(pid: u32) -> (Vec<u32>, std::path::PathBuf) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uids = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .map(|u| u.parse().unwrap())
+        .collect();
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    (uids, root)
+}
+
+/// Confined as the shim confines every pod by default: QEMU and vhost-device-vsock run as
+/// the pod's own id (QEMU chrooted in an empty directory), the guest still reaches the
+/// host's readiness listener and the agent answers, and the id is free again afterwards.
+#[tokio::test]
+async fn a_confined_vm_runs_qemu_and_its_vsock_daemon_as_the_pods_own_id() {
+    let root = tempfile::tempdir().unwrap();
+    // The state root must be traversable by the pod's id, as /run/hull is (tempdirs are 0700).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let locks = root.path().join(".locks");
+    let hv = hull_shim::backend::qemu::Qemu {
+        jail: Some(hull_shim::backend::jail::JailRange::parse("1879050000-1879050001").unwrap()),
+        jail_lock_dir: locks.clone(),
+        ..qemu_backend().await
+    };
+    let cfg = vm_config(root.path());
+    let vm = Vm::boot(&hv, "confined", &cfg).await.expect("boot");
+    vm.agent().check().await.expect("Check");
+    let pids = vm.pids();
+    assert_eq!(pids.len(), 2, "qemu and vhost-device-vsock");
+    let (qemu_uids, qemu_root) = ids_and_root(pids[0]);
+    let id = qemu_uids[0];
+    assert!(
+        (1_879_050_000..=1_879_050_001).contains(&id),
+        "{qemu_uids:?}"
+    );
+    assert_eq!(qemu_uids, [id; 4], "every uid slot of QEMU");
+    assert_eq!(qemu_root, vm.state_dir().join("qemu-root"));
+    let (daemon_uids, _) = ids_and_root(pids[1]);
+    assert_eq!(daemon_uids, [id; 4], "every uid slot of vhost-device-vsock");
+    assert!(locks.join(format!("{id}.lock")).exists());
+
+    let outcome = vm.shutdown(Duration::from_secs(10)).await;
+    assert!(
+        matches!(outcome, StopOutcome::Clean(s) if s.success()),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&locks).unwrap().count(),
+        0,
+        "the pod's id is still held"
+    );
+    std::fs::remove_dir(&locks).unwrap();
+    assert_nothing_left(root.path());
+}

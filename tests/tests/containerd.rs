@@ -327,19 +327,21 @@ fn file_and_binary_log_uris_receive_all_output() {
     }
 }
 
-/// Everything hull could leave on the host: shim and VM processes, pod state, mounts below
-/// /run/hull, shim sockets.
+/// Everything hull could leave on the host: shim and VM processes, pod state and held pod
+/// ids, mounts below /run/hull, shim sockets.
 fn hull_footprint() -> (usize, usize, usize, usize) {
     let procs = processes_mentioning("containerd-shim-hull-v2").len()
         + processes_mentioning("/run/hull/").len();
-    // Pod state directories; dotfiles are host-wide caches (the recorded KVM verdict).
+    // Pod state directories; dotfiles are host-wide (the recorded KVM verdict, the lock
+    // directory of the pods' ids), plus the ids still held.
     let state = std::fs::read_dir("/run/hull")
         .map(|d| {
             d.flatten()
                 .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
                 .count()
         })
-        .unwrap_or(0);
+        .unwrap_or(0)
+        + std::fs::read_dir("/run/hull/.jail").map_or(0, |d| d.count());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()

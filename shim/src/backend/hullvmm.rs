@@ -9,7 +9,7 @@
 //! hull-vmm runs with its per-thread seccomp filters (its default; this backend never
 //! passes `--no-seccomp`).
 //!
-//! Confinement ([`HullVmm::jail`], the config's `hull_vmm.jail_ids`): each pod's hull-vmm
+//! Confinement ([`HullVmm::jail`], the config's `jail_ids`): each pod's hull-vmm
 //! gets a uid and gid of its own ([`super::jail`]), builds the VM as root (it opens
 //! `/dev/kvm`, the image, the console file, binds the vsock socket and connects to
 //! virtiofsd), then chroots into the pod's vsock directory and becomes that id
@@ -25,7 +25,7 @@ use std::process::ExitStatus;
 
 use async_trait::async_trait;
 
-use super::jail::{JailId, JailRange, DEFAULT_LOCK_DIR};
+use super::jail::{self, JailId, JailRange, DEFAULT_LOCK_DIR};
 use super::qemu::{terminate_all, virtiofs_socket, virtiofsd_args, Helper, SHARE_TAG};
 use super::{BackendError, Hypervisor, LaunchSpec, VmProcesses};
 use crate::util::tail_of_file;
@@ -57,14 +57,7 @@ impl Default for HullVmm {
     }
 }
 
-/// Where a confined hull-vmm is chrooted: the directory of the vsock sockets.
-fn jail_dir(spec: &LaunchSpec) -> &std::path::Path {
-    spec.vsock_uds
-        .parent()
-        .unwrap_or_else(|| std::path::Path::new("/"))
-}
-
-/// The flags that confine hull-vmm to `id` in the vsock directory.
+/// The flags that confine hull-vmm to `id`, chrooted in the vsock directory.
 pub fn jail_args(spec: &LaunchSpec, id: u32) -> Vec<String> {
     vec![
         "--uid".into(),
@@ -72,22 +65,8 @@ pub fn jail_args(spec: &LaunchSpec, id: u32) -> Vec<String> {
         "--gid".into(),
         id.to_string(),
         "--chroot".into(),
-        jail_dir(spec).display().to_string(),
+        spec.vsock_dir().display().to_string(),
     ]
-}
-
-/// Takes a pod id for hull-vmm and gives it the vsock directory and the shim's listeners.
-fn confine(
-    range: JailRange,
-    lock_dir: &std::path::Path,
-    spec: &LaunchSpec,
-) -> Result<JailId, BackendError> {
-    let id = JailId::allocate(range, lock_dir, &spec.id)?;
-    id.give(jail_dir(spec))?;
-    for listener in &spec.guest_listeners {
-        id.give(listener)?;
-    }
-    Ok(id)
 }
 
 /// hull-vmm's command line for `spec` (without the binary).
@@ -126,7 +105,7 @@ impl Hypervisor for HullVmm {
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn VmProcesses>, BackendError> {
         let jail = match self.jail {
-            Some(range) => Some(confine(range, &self.jail_lock_dir, spec)?),
+            Some(range) => Some(jail::for_pod(range, &self.jail_lock_dir, spec)?),
             None => None,
         };
         let mut args = hull_vmm_args(spec);
@@ -142,11 +121,17 @@ impl Hypervisor for HullVmm {
                     &virtiofsd_args(spec, share),
                     &spec.state_dir.join("virtiofsd.log"),
                     &virtiofs_socket(spec),
+                    None,
                 )
                 .await?,
             );
         }
-        let vmm = match Helper::spawn(&self.binary, &args, &spec.state_dir.join("hull-vmm.log")) {
+        let vmm = match Helper::spawn(
+            &self.binary,
+            &args,
+            &spec.state_dir.join("hull-vmm.log"),
+            None,
+        ) {
             Ok(v) => v,
             Err(e) => {
                 terminate_all(&mut helpers).await;

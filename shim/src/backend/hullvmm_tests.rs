@@ -351,3 +351,29 @@ async fn hull_vmm_boots_the_guest_image_with_a_share_and_shuts_it_down() {
         "id locks left behind"
     );
 }
+
+/// A binary the pod's id cannot reach (root's home is 0700) fails with an error that says
+/// which id and what to do. Needs root, as the shim.
+#[tokio::test]
+async fn a_daemon_the_pod_id_cannot_run_is_named_with_the_id_and_the_fix() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (to start a process as another id)"
+    );
+    let t = setup();
+    let daemon = script(&t.bin, "only-root-can-reach-me", "exec sleep 600");
+    std::fs::set_permissions(&t.bin, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let e = super::super::qemu::Helper::spawn(&daemon, &[], &t.state.join("d.log"), Some(60005))
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("as uid 60005") && msg.contains("Permission denied"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("/usr/local/bin") && msg.contains("jail_ids"),
+        "{msg}"
+    );
+}

@@ -1,6 +1,9 @@
-//! Per-pod identities for hull-vmm: each pod's VMM runs as a uid (and gid of the same number)
-//! of its own, taken from a configured range, so a VMM that a hostile guest takes over can
-//! neither signal, trace nor read another pod's VMM, nor touch anything root owns.
+//! Per-pod identities for the processes that parse guest input: each pod's hypervisor
+//! (hull-vmm or QEMU) and, with QEMU, its vsock daemon run as a uid (and gid of the same
+//! number) of their own, taken from a configured range, so a process that a hostile guest
+//! takes over can neither signal, trace nor read another pod's, nor touch anything root
+//! owns. They start as root (they open `/dev/kvm`, the image and the sockets) and drop to
+//! the id before the guest runs ([`for_pod`] prepares what they still need afterwards).
 //!
 //! An id is held with an exclusive `flock` on `<lock dir>/<id>.lock` for as long as its pod's
 //! VM lives. The lock dies with the holder, so a shim that is killed frees its id without any
@@ -11,8 +14,10 @@
 //! The search starts at a slot derived from the pod id, so pods rarely contend for the same
 //! id, and walks the whole range before it gives up with an error that names the range.
 //!
-//! Not here: a user or mount namespace (hull-vmm chroots into the pod's vsock directory and
-//! changes its ids itself, see `vmm/src/privileges.rs`).
+//! Not here: a user or mount namespace; how each backend drops to the id (hull-vmm's
+//! `--uid/--gid/--chroot`, QEMU's `-runas/-chroot`, the vsock daemon started as the id).
+//! virtiofsd stays root: it serves files of every owner (it confines itself with a chroot
+//! and seccomp).
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
@@ -24,7 +29,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// Where the locks live unless a test says otherwise.
-pub const DEFAULT_LOCK_DIR: &str = "/run/hull/jail";
+/// (A dot directory: host-wide state, not a pod's.)
+pub const DEFAULT_LOCK_DIR: &str = "/run/hull/.jail";
 
 /// The ids pods' VMMs run as: `first..first + count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +190,22 @@ impl JailId {
             }
         })
     }
+}
+
+/// Takes `spec`'s pod an id and gives it the pod's vsock directory (so its sockets can be
+/// bound and removed there, and it can be a chroot) and the shim's guest-connection
+/// listeners (so the guest can still connect to the host).
+pub fn for_pod(
+    range: JailRange,
+    lock_dir: &Path,
+    spec: &super::LaunchSpec,
+) -> Result<JailId, JailError> {
+    let id = JailId::allocate(range, lock_dir, &spec.id)?;
+    id.give(&spec.vsock_dir())?;
+    for listener in &spec.guest_listeners {
+        id.give(listener)?;
+    }
+    Ok(id)
 }
 
 impl Drop for JailId {

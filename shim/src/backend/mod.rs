@@ -11,7 +11,7 @@ pub mod jail;
 pub mod qemu;
 
 use std::fmt::Debug;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 use async_trait::async_trait;
@@ -47,6 +47,15 @@ pub struct LaunchSpec {
     pub share_dir: Option<PathBuf>,
 }
 
+impl LaunchSpec {
+    /// The directory of the vsock sockets (`vsock_uds`'s).
+    pub fn vsock_dir(&self) -> PathBuf {
+        self.vsock_uds
+            .parent()
+            .map_or_else(|| self.state_dir.clone(), Path::to_path_buf)
+    }
+}
+
 /// Errors of starting or stopping a VM's processes.
 #[derive(Debug, Error)]
 pub enum BackendError {
@@ -55,6 +64,19 @@ pub enum BackendError {
     Spawn {
         /// The program.
         program: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A host binary could not be started as a pod's own id.
+    #[error(
+        "starting {program} as uid {id}: {source} (install it where every user can run it, \
+         e.g. /usr/local/bin, or set jail_ids = \"\" to run it as root)"
+    )]
+    SpawnAs {
+        /// The program.
+        program: PathBuf,
+        /// The id.
+        id: u32,
         /// The underlying error.
         source: std::io::Error,
     },
@@ -84,8 +106,8 @@ pub enum BackendError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The VMM's per-pod identity could not be taken or set up.
-    #[error("confining the VMM: {0}")]
+    /// The pod's own identity could not be taken or set up.
+    #[error("confining the VM's processes: {0}")]
     Jail(#[from] jail::JailError),
     /// Writing a file into the state directory failed.
     #[error("writing {path}: {source}")]

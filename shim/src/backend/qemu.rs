@@ -5,6 +5,13 @@
 //! KVM where KVM runs guests natively and TCG elsewhere (see [`crate::kvm_probe`]). One
 //! `vhost-device-vsock` runs per VM; it exposes the hybrid-vsock unix socket and does not
 //! exit when QEMU does, so [`QemuVm::terminate`] stops it.
+//!
+//! Confinement ([`Qemu::jail`], the config's `jail_ids`): the two processes that parse what
+//! the guest writes run as the pod's own uid/gid ([`super::jail`]). QEMU starts as root,
+//! opens everything, then (`-runas`, `-chroot`) becomes the id in an empty directory before
+//! the guest runs; `vhost-device-vsock` is started as the id, with its sockets in the pod's
+//! vsock directory (given to the id). virtiofsd stays root (it serves files of every owner;
+//! it confines itself).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -13,6 +20,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::process::{Child, Command};
 
+use super::jail::{self, JailId, JailRange, DEFAULT_LOCK_DIR};
 use super::{BackendError, Hypervisor, LaunchSpec, VmProcesses};
 use crate::util::tail_of_file;
 
@@ -73,23 +81,35 @@ pub struct Qemu {
     pub virtiofsd: PathBuf,
     /// The accelerator.
     pub accel: Accel,
+    /// The ids pods' QEMU and vsock daemon run as, one each; `None`: the shim's own.
+    pub jail: Option<JailRange>,
+    /// Where the ids' locks live.
+    pub jail_lock_dir: PathBuf,
 }
 
 impl Qemu {
-    /// QEMU from PATH with the given accelerator.
+    /// QEMU from PATH with the given accelerator, unconfined.
     pub fn new(accel: Accel) -> Self {
         Qemu {
             binary: DEFAULT_QEMU.into(),
             vsock_daemon: DEFAULT_VSOCK_DAEMON.into(),
             virtiofsd: DEFAULT_VIRTIOFSD.into(),
             accel,
+            jail: None,
+            jail_lock_dir: DEFAULT_LOCK_DIR.into(),
         }
     }
 }
 
-/// The vhost-user control socket between QEMU and vhost-device-vsock.
+/// The vhost-user control socket between QEMU and vhost-device-vsock: in the vsock
+/// directory, where a confined daemon can create it.
 fn vhost_vsock_socket(spec: &LaunchSpec) -> PathBuf {
-    spec.state_dir.join("vhost-vsock.sock")
+    spec.vsock_dir().join("vhost-vsock.sock")
+}
+
+/// The empty directory a confined QEMU is chrooted into.
+fn qemu_root(spec: &LaunchSpec) -> PathBuf {
+    spec.state_dir.join("qemu-root")
 }
 
 /// The vhost-user control socket between QEMU and virtiofsd.
@@ -97,8 +117,9 @@ pub(super) fn virtiofs_socket(spec: &LaunchSpec) -> PathBuf {
     spec.state_dir.join("virtiofs.sock")
 }
 
-/// QEMU's command line for `spec` (without the binary).
-pub fn qemu_args(spec: &LaunchSpec, accel: Accel) -> Vec<String> {
+/// QEMU's command line for `spec` (without the binary); with `jail`, QEMU becomes that
+/// uid/gid in [`qemu_root`] once it has opened everything, before the guest runs.
+pub fn qemu_args(spec: &LaunchSpec, accel: Accel, jail: Option<u32>) -> Vec<String> {
     let mem = format!("{}M", spec.memory_mib);
     let cpu = match accel {
         Accel::Kvm => "host",
@@ -126,11 +147,18 @@ pub fn qemu_args(spec: &LaunchSpec, accel: Accel) -> Vec<String> {
         "none",
         "-no-reboot",
     ]);
-    // No process spawning, privilege changes or obsolete syscalls from QEMU itself.
+    // No process spawning or obsolete syscalls from QEMU itself. Privilege changes: denied
+    // when it stays root; a confined QEMU needs them for its own -runas, and once it runs as
+    // the pod's id it holds no capability, so set*id cannot raise it again.
+    let elevate = if jail.is_some() { "allow" } else { "deny" };
     push(&[
         "-sandbox",
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        &format!("on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"),
     ]);
+    if let Some(id) = jail {
+        push(&["-runas", &format!("{id}:{id}")]);
+        push(&["-chroot", &qemu_root(spec).display().to_string()]);
+    }
     push(&[
         "-chardev",
         &format!("file,id=console,path={}", spec.console_log.display()),
@@ -189,7 +217,12 @@ pub fn vsock_daemon_args(spec: &LaunchSpec) -> Vec<String> {
     ]
 }
 
-fn spawn_logged(program: &Path, args: &[String], log: &Path) -> Result<Child, BackendError> {
+fn spawn_logged(
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    run_as: Option<u32>,
+) -> Result<Child, BackendError> {
     let out = std::fs::File::create(log).map_err(|source| BackendError::StateFile {
         path: log.to_path_buf(),
         source,
@@ -198,17 +231,27 @@ fn spawn_logged(program: &Path, args: &[String], log: &Path) -> Result<Child, Ba
         path: log.to_path_buf(),
         source,
     })?;
-    Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| BackendError::Spawn {
+        .kill_on_drop(true);
+    if let Some(id) = run_as {
+        // std clears the supplementary groups when root changes uid.
+        cmd.uid(id).gid(id);
+    }
+    cmd.spawn().map_err(|source| match run_as {
+        Some(id) => BackendError::SpawnAs {
+            program: program.to_path_buf(),
+            id,
+            source,
+        },
+        None => BackendError::Spawn {
             program: program.to_path_buf(),
             source,
-        })
+        },
+    })
 }
 
 #[async_trait]
@@ -218,6 +261,17 @@ impl Hypervisor for Qemu {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn VmProcesses>, BackendError> {
+        let jail = match self.jail {
+            Some(range) => {
+                let id = jail::for_pod(range, &self.jail_lock_dir, spec)?;
+                let root = qemu_root(spec);
+                std::fs::create_dir(&root)
+                    .map_err(|source| BackendError::StateFile { path: root, source })?;
+                Some(id)
+            }
+            None => None,
+        };
+        let run_as = jail.as_ref().map(JailId::id);
         // Helpers first: QEMU needs their vhost-user sockets to exist when it starts.
         let mut helpers = vec![
             Helper::start(
@@ -225,6 +279,7 @@ impl Hypervisor for Qemu {
                 &vsock_daemon_args(spec),
                 &spec.state_dir.join("vhost-device-vsock.log"),
                 &vhost_vsock_socket(spec),
+                run_as,
             )
             .await?,
         ];
@@ -234,6 +289,7 @@ impl Hypervisor for Qemu {
                 &virtiofsd_args(spec, share),
                 &spec.state_dir.join("virtiofsd.log"),
                 &virtiofs_socket(spec),
+                None,
             )
             .await
             {
@@ -246,8 +302,9 @@ impl Hypervisor for Qemu {
         }
         let qemu = match Helper::spawn(
             &self.binary,
-            &qemu_args(spec, self.accel),
+            &qemu_args(spec, self.accel, run_as),
             &spec.state_dir.join("qemu.log"),
+            None,
         ) {
             Ok(q) => q,
             Err(e) => {
@@ -256,7 +313,7 @@ impl Hypervisor for Qemu {
             }
         };
         log::debug!(
-            "{}: qemu pid {:?}, helper pids {:?}",
+            "{}: qemu pid {:?} (uid {run_as:?}), helper pids {:?}",
             spec.id,
             qemu.child.id(),
             helpers.iter().map(|h| h.child.id()).collect::<Vec<_>>()
@@ -265,6 +322,7 @@ impl Hypervisor for Qemu {
             qemu,
             qemu_status: None,
             helpers,
+            _jail: jail,
         }))
     }
 }
@@ -278,12 +336,14 @@ pub(super) struct Helper {
 }
 
 impl Helper {
+    /// Starts `program`, as uid/gid `run_as` if given.
     pub(super) fn spawn(
         program: &Path,
         args: &[String],
         log: &Path,
+        run_as: Option<u32>,
     ) -> Result<Helper, BackendError> {
-        let child = spawn_logged(program, args, log)?;
+        let child = spawn_logged(program, args, log, run_as)?;
         Ok(Helper {
             program: program.to_path_buf(),
             child,
@@ -291,14 +351,16 @@ impl Helper {
         })
     }
 
-    /// Starts a vhost-user daemon and waits until it created `socket`.
+    /// Starts a vhost-user daemon (as `run_as` if given) and waits until it created
+    /// `socket`.
     pub(super) async fn start(
         program: &Path,
         args: &[String],
         log: &Path,
         socket: &Path,
+        run_as: Option<u32>,
     ) -> Result<Helper, BackendError> {
-        let mut h = Helper::spawn(program, args, log)?;
+        let mut h = Helper::spawn(program, args, log, run_as)?;
         let start = Instant::now();
         while !socket.exists() {
             let failed = match h.child.try_wait() {
@@ -349,6 +411,8 @@ pub struct QemuVm {
     qemu: Helper,
     qemu_status: Option<ExitStatus>,
     helpers: Vec<Helper>,
+    // Last: the id is free only once the processes are gone.
+    _jail: Option<JailId>,
 }
 
 #[async_trait]
@@ -405,8 +469,8 @@ mod tests {
             cmdline: "console=ttyS0 quiet".into(),
             vcpus: 2,
             memory_mib: 256,
-            vsock_uds: "/run/hull/t1/vsock.sock".into(),
-            guest_listeners: vec![],
+            vsock_uds: "/run/hull/t1/vsock/vsock.sock".into(),
+            guest_listeners: vec!["/run/hull/t1/vsock/vsock.sock_1025".into()],
             console_log: "/run/hull/t1/console.log".into(),
             share_dir: None,
         }
@@ -421,7 +485,7 @@ mod tests {
 
     #[test]
     fn qemu_uses_a_shared_memfd_of_the_guest_size() {
-        let a = qemu_args(&spec(), Accel::Tcg);
+        let a = qemu_args(&spec(), Accel::Tcg, None);
         assert_eq!(value_of(&a, "-m"), ["256M"]);
         assert_eq!(
             value_of(&a, "-object"),
@@ -436,17 +500,20 @@ mod tests {
 
     #[test]
     fn accelerator_selects_the_cpu_model() {
-        assert_eq!(value_of(&qemu_args(&spec(), Accel::Kvm), "-cpu"), ["host"]);
         assert_eq!(
-            value_of(&qemu_args(&spec(), Accel::Tcg), "-cpu"),
+            value_of(&qemu_args(&spec(), Accel::Kvm, None), "-cpu"),
+            ["host"]
+        );
+        assert_eq!(
+            value_of(&qemu_args(&spec(), Accel::Tcg, None), "-cpu"),
             ["max,-erms"]
         );
-        assert!(value_of(&qemu_args(&spec(), Accel::Kvm), "-M")[0].contains("accel=kvm"));
+        assert!(value_of(&qemu_args(&spec(), Accel::Kvm, None), "-M")[0].contains("accel=kvm"));
     }
 
     #[test]
     fn every_file_qemu_touches_is_in_the_state_dir_or_the_image() {
-        let a = qemu_args(&spec(), Accel::Tcg);
+        let a = qemu_args(&spec(), Accel::Tcg, None);
         assert!(
             a.contains(&"-no-reboot".to_string()),
             "a guest reboot must end QEMU"
@@ -454,6 +521,8 @@ mod tests {
         for chardev in value_of(&a, "-chardev") {
             assert!(chardev.contains("path=/run/hull/t1/"), "{chardev}");
         }
+        assert!(value_of(&a, "-chardev")
+            .contains(&"socket,id=vsock,path=/run/hull/t1/vsock/vhost-vsock.sock"));
         assert_eq!(value_of(&a, "-kernel"), ["/k/vmlinux"]);
         assert_eq!(value_of(&a, "-initrd"), ["/k/initramfs.cpio"]);
         assert_eq!(value_of(&a, "-append"), ["console=ttyS0 quiet"]);
@@ -461,12 +530,12 @@ mod tests {
 
     #[test]
     fn a_share_adds_a_virtio_fs_device_served_by_virtiofsd() {
-        assert!(!qemu_args(&spec(), Accel::Tcg)
+        assert!(!qemu_args(&spec(), Accel::Tcg, None)
             .iter()
             .any(|a| a.contains("vhost-user-fs")));
         let mut s = spec();
         s.share_dir = Some("/run/hull/t1/share".into());
-        let a = qemu_args(&s, Accel::Tcg);
+        let a = qemu_args(&s, Accel::Tcg, None);
         assert!(value_of(&a, "-device").contains(&"vhost-user-fs-device,chardev=fs,tag=hull-share"));
         assert!(value_of(&a, "-chardev").contains(&"socket,id=fs,path=/run/hull/t1/virtiofs.sock"));
         let v = virtiofsd_args(&s, Path::new("/run/hull/t1/share"));
@@ -480,8 +549,29 @@ mod tests {
     #[test]
     fn vsock_daemon_serves_the_hybrid_socket() {
         let a = vsock_daemon_args(&spec());
-        assert_eq!(value_of(&a, "--uds-path"), ["/run/hull/t1/vsock.sock"]);
-        assert_eq!(value_of(&a, "--socket"), ["/run/hull/t1/vhost-vsock.sock"]);
+        assert_eq!(
+            value_of(&a, "--uds-path"),
+            ["/run/hull/t1/vsock/vsock.sock"]
+        );
+        // Beside it, where a daemon running as the pod's id may create it.
+        assert_eq!(
+            value_of(&a, "--socket"),
+            ["/run/hull/t1/vsock/vhost-vsock.sock"]
+        );
+    }
+
+    #[test]
+    fn a_confined_qemu_becomes_the_pod_id_in_an_empty_root_and_may_change_ids_to_do_so() {
+        let open = qemu_args(&spec(), Accel::Tcg, None);
+        assert!(value_of(&open, "-runas").is_empty() && value_of(&open, "-chroot").is_empty());
+        assert!(value_of(&open, "-sandbox")[0].contains("elevateprivileges=deny"));
+        let a = qemu_args(&spec(), Accel::Tcg, Some(1_879_048_200));
+        assert_eq!(value_of(&a, "-runas"), ["1879048200:1879048200"]);
+        assert_eq!(value_of(&a, "-chroot"), ["/run/hull/t1/qemu-root"]);
+        // QEMU 7.2's -runas is killed by its own sandbox with elevateprivileges=deny.
+        let sandbox = value_of(&a, "-sandbox")[0];
+        assert!(sandbox.contains("elevateprivileges=allow"), "{sandbox}");
+        assert!(sandbox.contains("spawn=deny") && sandbox.contains("obsolete=deny"));
     }
 
     #[test]
