@@ -412,18 +412,9 @@ pub fn process(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use crate::devices::virtio::test_utils::{desc, mem};
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-
-    pub(crate) fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
-    }
-
-    pub(crate) fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
-        let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-        RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
-    }
 
     /// A disk of `sectors` sectors whose sector i is filled with byte i.
     pub(crate) fn disk(sectors: u64, read_only: bool) -> (tempfile::NamedTempFile, Disk) {

@@ -248,21 +248,11 @@ pub fn write_rx(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use crate::devices::virtio::test_utils::{desc, mem};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
-
-    pub(crate) fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
-    }
-
-    pub(crate) fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
-        let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-        RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
-    }
 
     fn hdr(len: u32) -> Header {
         Header::from_fields(3, 2, 1000, 1025, len, TYPE_STREAM, op::RW)
