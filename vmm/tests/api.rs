@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const LOAD_ADDR: u64 = 0x10_0000;
+mod support;
+
+use support::LOAD_ADDR;
+
 const ENTRY: u32 = 0x10_0010;
 
 /// The guest: `mov dx,0x3f8; 1: mov ecx,1000; 2: inc dword [0x200000]; dec ecx; jnz 2b;
@@ -31,45 +34,12 @@ const DOTS: [u8; 23] = [
     0xeb, 0xed, // jmp -19
 ];
 
-/// An ELF64 with one PT_LOAD at 1 MiB holding `code` at [`ENTRY`] (`hlt` around it) and a
-/// PT_NOTE with XEN_ELFNOTE_PHYS32_ENTRY = [`ENTRY`].
+/// A PVH kernel whose one segment (a page of `hlt`, 0x100 bytes of it in the file) holds
+/// `code` at [`ENTRY`].
 fn tiny_kernel(code: &[u8]) -> Vec<u8> {
-    let mut e = vec![0u8; 0x300];
-    let put = |e: &mut Vec<u8>, off: usize, bytes: &[u8]| {
-        e[off..off + bytes.len()].copy_from_slice(bytes)
-    };
-    put(&mut e, 0, &[0x7f, b'E', b'L', b'F', 2, 1, 1]);
-    put(&mut e, 16, &2u16.to_le_bytes()); // ET_EXEC
-    put(&mut e, 18, &62u16.to_le_bytes()); // EM_X86_64
-    put(&mut e, 20, &1u32.to_le_bytes());
-    put(&mut e, 24, &LOAD_ADDR.to_le_bytes());
-    put(&mut e, 32, &64u64.to_le_bytes()); // e_phoff
-    put(&mut e, 52, &64u16.to_le_bytes());
-    put(&mut e, 54, &56u16.to_le_bytes());
-    put(&mut e, 56, &2u16.to_le_bytes());
-    let ph = 64; // PT_LOAD R+X: file 0x200..0x300 at 1 MiB
-    put(&mut e, ph, &1u32.to_le_bytes());
-    put(&mut e, ph + 4, &5u32.to_le_bytes());
-    put(&mut e, ph + 8, &0x200u64.to_le_bytes());
-    put(&mut e, ph + 16, &LOAD_ADDR.to_le_bytes());
-    put(&mut e, ph + 24, &LOAD_ADDR.to_le_bytes());
-    put(&mut e, ph + 32, &0x100u64.to_le_bytes());
-    put(&mut e, ph + 40, &0x1000u64.to_le_bytes());
-    put(&mut e, ph + 48, &0x1000u64.to_le_bytes());
-    let ph = 64 + 56; // PT_NOTE
-    put(&mut e, ph, &4u32.to_le_bytes());
-    put(&mut e, ph + 8, &0x180u64.to_le_bytes());
-    put(&mut e, ph + 32, &20u64.to_le_bytes());
-    put(&mut e, ph + 40, &20u64.to_le_bytes());
-    put(&mut e, ph + 48, &4u64.to_le_bytes());
-    put(&mut e, 0x180, &4u32.to_le_bytes());
-    put(&mut e, 0x184, &4u32.to_le_bytes());
-    put(&mut e, 0x188, &18u32.to_le_bytes());
-    put(&mut e, 0x18c, b"Xen\0");
-    put(&mut e, 0x190, &ENTRY.to_le_bytes());
-    e[0x200..0x300].fill(0xf4);
-    put(&mut e, 0x210, code);
-    e
+    let mut segment = vec![0xf4; 0x100];
+    support::put(&mut segment, (u64::from(ENTRY) - LOAD_ADDR) as usize, code);
+    support::elf(&segment, 0x200, 5, Some(ENTRY))
 }
 
 /// hull-vmm running the dots guest, killed if the test fails half-way.
@@ -268,24 +238,12 @@ fn pause_stops_the_guest_resume_restarts_it_and_shutdown_ends_hull_vmm() {
 
     // Shutdown: the reply, then hull-vmm ends with status 0, says why, removes the socket.
     c.ok("shutdown");
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = vmm.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "hull-vmm did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    vmm.child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let status = support::wait_exit(
+        &mut vmm.child,
+        Duration::from_secs(10),
+        "hull-vmm did not exit",
+    );
+    let stderr = support::stderr_of(&mut vmm.child);
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("stopped by the control socket"), "{stderr}");
     assert!(!vmm.sock.exists(), "the control socket is removed at exit");
@@ -326,24 +284,12 @@ fn sigterm_stops_hull_vmm_in_order() {
     // SAFETY: kill() on our own child's pid (not yet reaped) with a valid signal.
     let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
     assert_eq!(rc, 0);
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = vmm.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "hull-vmm ignored SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    vmm.child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let status = support::wait_exit(
+        &mut vmm.child,
+        Duration::from_secs(10),
+        "hull-vmm ignored SIGTERM",
+    );
+    let stderr = support::stderr_of(&mut vmm.child);
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
     assert!(!vmm.sock.exists(), "the control socket is removed");

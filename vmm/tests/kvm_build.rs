@@ -14,52 +14,54 @@ use std::time::Instant;
 
 use hull_vmm::builder::{self, BuildError};
 use hull_vmm::config::{ConsoleOutput, FsShare, VmResources};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const LOAD_ADDR: u64 = 0x10_0000;
+mod support;
+
+use support::LOAD_ADDR;
+
 const ENTRY: u32 = 0x10_0010;
 
-/// An ELF64 with one PT_LOAD at 1 MiB (`hlt`s) and, if `pvh`, a PT_NOTE holding
-/// XEN_ELFNOTE_PHYS32_ENTRY = [`ENTRY`].
+/// A kernel whose one PT_LOAD at 1 MiB holds `hlt`s (0x40 bytes of them in the file) and,
+/// if `pvh`, with a PVH entry at [`ENTRY`].
 fn tiny_kernel(pvh: bool) -> Vec<u8> {
-    let mut e = vec![0u8; 0x240];
-    let put = |e: &mut Vec<u8>, off: usize, bytes: &[u8]| {
-        e[off..off + bytes.len()].copy_from_slice(bytes)
-    };
-    put(&mut e, 0, &[0x7f, b'E', b'L', b'F', 2, 1, 1]);
-    put(&mut e, 16, &2u16.to_le_bytes()); // ET_EXEC
-    put(&mut e, 18, &62u16.to_le_bytes()); // EM_X86_64
-    put(&mut e, 20, &1u32.to_le_bytes());
-    put(&mut e, 24, &LOAD_ADDR.to_le_bytes()); // e_entry
-    put(&mut e, 32, &64u64.to_le_bytes()); // e_phoff
-    put(&mut e, 52, &64u16.to_le_bytes()); // e_ehsize
-    put(&mut e, 54, &56u16.to_le_bytes()); // e_phentsize
-    put(&mut e, 56, &(if pvh { 2u16 } else { 1 }).to_le_bytes());
-    // PT_LOAD: offset 0x200, 0x40 bytes in the file, one page in memory.
-    let ph = 64;
-    put(&mut e, ph, &1u32.to_le_bytes());
-    put(&mut e, ph + 4, &5u32.to_le_bytes());
-    put(&mut e, ph + 8, &0x200u64.to_le_bytes());
-    put(&mut e, ph + 16, &LOAD_ADDR.to_le_bytes());
-    put(&mut e, ph + 24, &LOAD_ADDR.to_le_bytes());
-    put(&mut e, ph + 32, &0x40u64.to_le_bytes());
-    put(&mut e, ph + 40, &0x1000u64.to_le_bytes());
-    put(&mut e, ph + 48, &0x1000u64.to_le_bytes());
-    if pvh {
-        let ph = 64 + 56;
-        put(&mut e, ph, &4u32.to_le_bytes()); // PT_NOTE
-        put(&mut e, ph + 8, &0x180u64.to_le_bytes());
-        put(&mut e, ph + 32, &20u64.to_le_bytes());
-        put(&mut e, ph + 40, &20u64.to_le_bytes());
-        put(&mut e, ph + 48, &4u64.to_le_bytes());
-        put(&mut e, 0x180, &4u32.to_le_bytes()); // n_namesz
-        put(&mut e, 0x184, &4u32.to_le_bytes()); // n_descsz
-        put(&mut e, 0x188, &18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
-        put(&mut e, 0x18c, b"Xen\0");
-        put(&mut e, 0x190, &ENTRY.to_le_bytes());
+    support::elf(&[0xf4; 0x40], 0x200, 5, pvh.then_some(ENTRY))
+}
+
+/// A built VM's guest memory, read back.
+struct Guest<'a>(&'a GuestMemoryMmap);
+
+impl Guest<'_> {
+    fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        self.0.read_slice(&mut b, GuestAddress(addr)).unwrap();
+        b
     }
-    e[0x200..0x240].fill(0xf4); // hlt
-    e
+    fn u32_at(&self, addr: u64) -> u32 {
+        u32::from_le_bytes(self.read(addr, 4).try_into().unwrap())
+    }
+    fn u64_at(&self, addr: u64) -> u64 {
+        u64::from_le_bytes(self.read(addr, 8).try_into().unwrap())
+    }
+    /// The kernel command line (at 0x2_0000) is `want`, its NUL included.
+    fn assert_cmdline(&self, want: &[u8]) {
+        let got = self.read(0x2_0000, want.len());
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    }
+    /// What both boot paths write: the memory map entry at `last` (PVH's and the zero
+    /// page's e820 entries share the layout of their first 20 bytes: address, size, type)
+    /// is RAM from 1 MiB to the end of the 64 MiB, and the MP table is where Linux looks.
+    fn assert_ram_and_mp_table(&self, last: u64) {
+        assert_eq!(
+            (
+                self.u64_at(last),
+                self.u64_at(last + 8),
+                self.u32_at(last + 16)
+            ),
+            (0x10_0000, (64 << 20) - 0x10_0000, 1)
+        );
+        assert_eq!(self.read(0x9_fc00, 4), b"_MP_");
+    }
 }
 
 fn resources(dir: &Path, pvh: bool) -> VmResources {
@@ -91,39 +93,25 @@ fn builder_loads_a_pvh_kernel_and_writes_boot_tables_through_real_kvm() {
     let dir = tempfile::tempdir().unwrap();
     let vm = builder::build(&resources(dir.path(), true), Instant::now())
         .unwrap_or_else(|e| panic!("building a VM on /dev/kvm: {e}"));
-    let mem = vm.memory();
-    let read = |addr: u64, len: usize| {
-        let mut b = vec![0u8; len];
-        mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
-        b
-    };
-    let u32_at = |addr: u64| u32::from_le_bytes(read(addr, 4).try_into().unwrap());
-    let u64_at = |addr: u64| u64::from_le_bytes(read(addr, 8).try_into().unwrap());
+    let mem = Guest(vm.memory());
 
     // The kernel segment at its physical address; the command line, NUL-terminated.
-    assert_eq!(read(LOAD_ADDR, 4), vec![0xf4; 4]);
-    assert_eq!(read(0x2_0000, 23), b"console=ttyS0 reboot=t\0");
+    assert_eq!(mem.read(LOAD_ADDR, 4), vec![0xf4; 4]);
+    assert_eq!(mem.read(0x2_0000, 23), b"console=ttyS0 reboot=t\0");
     // The initramfs: page-aligned at the top of RAM (64 MiB - 8 KiB for 5000 bytes).
     let initrd_addr = (64 << 20) - 0x2000;
-    assert_eq!(read(initrd_addr, 5000), vec![0xa5; 5000]);
+    assert_eq!(mem.read(initrd_addr, 5000), vec![0xa5; 5000]);
     // PVH start info: magic, one module (the initramfs), the command line, a memory map.
     let info = 0x6000;
-    assert_eq!(u32_at(info), 0x336e_c578);
-    assert_eq!(u32_at(info + 12), 1, "nr_modules");
-    let modlist = u64_at(info + 16);
-    assert_eq!(u64_at(modlist), initrd_addr);
-    assert_eq!(u64_at(modlist + 8), 5000);
-    assert_eq!(u64_at(info + 24), 0x2_0000, "cmdline_paddr");
-    let (memmap, entries) = (u64_at(info + 40), u32_at(info + 48));
+    assert_eq!(mem.u32_at(info), 0x336e_c578);
+    assert_eq!(mem.u32_at(info + 12), 1, "nr_modules");
+    let modlist = mem.u64_at(info + 16);
+    assert_eq!(mem.u64_at(modlist), initrd_addr);
+    assert_eq!(mem.u64_at(modlist + 8), 5000);
+    assert_eq!(mem.u64_at(info + 24), 0x2_0000, "cmdline_paddr");
+    let (memmap, entries) = (mem.u64_at(info + 40), mem.u32_at(info + 48));
     assert_eq!(entries, 3);
-    // The last entry: RAM from 1 MiB to the end of guest memory.
-    let last = memmap + 2 * 24;
-    assert_eq!(
-        (u64_at(last), u64_at(last + 8), u32_at(last + 16)),
-        (0x10_0000, (64 << 20) - 0x10_0000, 1)
-    );
-    // MP table where Linux looks for it.
-    assert_eq!(read(0x9_fc00, 4), b"_MP_");
+    mem.assert_ram_and_mp_table(memmap + 2 * 24);
 
     for index in 0..2u8 {
         let fd = vm.vcpu_fd(index).expect("vCPU");
@@ -158,9 +146,7 @@ const BZ_INIT_SIZE: u32 = 16 << 20;
 /// file offset 0x400) carrying a boot protocol `version` header, then a page of `hlt`s.
 fn tiny_bzimage(version: u16) -> Vec<u8> {
     let mut b = vec![0u8; 0x400 + 0x1000];
-    let put = |b: &mut Vec<u8>, off: usize, bytes: &[u8]| {
-        b[off..off + bytes.len()].copy_from_slice(bytes)
-    };
+    let put = support::put;
     put(&mut b, 0x1f1, &[1]); // setup_sects
     put(&mut b, 0x1fe, &0xaa55u16.to_le_bytes()); // boot_flag
     put(&mut b, 0x202, b"HdrS");
@@ -189,39 +175,30 @@ fn builder_loads_a_bzimage_and_writes_its_zero_page_through_real_kvm() {
     let dir = tempfile::tempdir().unwrap();
     let vm = builder::build(&bzimage_resources(dir.path(), 0x020f), Instant::now())
         .unwrap_or_else(|e| panic!("building a VM on /dev/kvm: {e}"));
-    let mem = vm.memory();
-    let read = |addr: u64, len: usize| {
-        let mut b = vec![0u8; len];
-        mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
-        b
-    };
-    let u32_at = |addr: u64| u32::from_le_bytes(read(addr, 4).try_into().unwrap());
-    let u64_at = |addr: u64| u64::from_le_bytes(read(addr, 8).try_into().unwrap());
+    let mem = Guest(vm.memory());
 
     // The protected-mode part (after the setup sectors) at code32_start.
-    assert_eq!(read(BZ_LOAD, 4), vec![0xf4; 4]);
-    assert_eq!(read(0x2_0000, 23), b"console=ttyS0 reboot=t\0");
+    assert_eq!(mem.read(BZ_LOAD, 4), vec![0xf4; 4]);
+    assert_eq!(mem.read(0x2_0000, 23), b"console=ttyS0 reboot=t\0");
     // The initramfs: below initrd_addr_max (48 MiB), not at the top of the 64 MiB of RAM.
     let initrd_addr = u64::from(BZ_INITRD_MAX) + 1 - 0x2000;
-    assert_eq!(read(initrd_addr, 5000), vec![0xa5; 5000]);
+    assert_eq!(mem.read(initrd_addr, 5000), vec![0xa5; 5000]);
 
     // The zero page: the image's own header, with what the loader fills in.
     let zp = 0x8000;
-    assert_eq!(&read(zp + 0x202, 4), b"HdrS");
-    assert_eq!(read(zp + 0x210, 1), vec![0xff], "type_of_loader");
-    assert_eq!(u32_at(zp + 0x228), 0x2_0000, "cmd_line_ptr");
-    assert_eq!(u64::from(u32_at(zp + 0x218)), initrd_addr, "ramdisk_image");
-    assert_eq!(u32_at(zp + 0x21c), 5000, "ramdisk_size");
-    assert_eq!(u32_at(zp + 0x260), BZ_INIT_SIZE, "init_size kept");
-    // e820: base memory, the legacy hole, RAM from 1 MiB to the end (20-byte entries).
-    assert_eq!(read(zp + 0x1e8, 1), vec![3], "e820_entries");
-    let last = zp + 0x2d0 + 2 * 20;
+    assert_eq!(&mem.read(zp + 0x202, 4), b"HdrS");
+    assert_eq!(mem.read(zp + 0x210, 1), vec![0xff], "type_of_loader");
+    assert_eq!(mem.u32_at(zp + 0x228), 0x2_0000, "cmd_line_ptr");
     assert_eq!(
-        (u64_at(last), u64_at(last + 8), u32_at(last + 16)),
-        (0x10_0000, (64 << 20) - 0x10_0000, 1)
+        u64::from(mem.u32_at(zp + 0x218)),
+        initrd_addr,
+        "ramdisk_image"
     );
-    // MP table as for PVH.
-    assert_eq!(read(0x9_fc00, 4), b"_MP_");
+    assert_eq!(mem.u32_at(zp + 0x21c), 5000, "ramdisk_size");
+    assert_eq!(mem.u32_at(zp + 0x260), BZ_INIT_SIZE, "init_size kept");
+    // e820: base memory, the legacy hole, RAM from 1 MiB to the end (20-byte entries).
+    assert_eq!(mem.read(zp + 0x1e8, 1), vec![3], "e820_entries");
+    mem.assert_ram_and_mp_table(zp + 0x2d0 + 2 * 20);
 
     for index in 0..2u8 {
         let fd = vm.vcpu_fd(index).expect("vCPU");
@@ -299,11 +276,7 @@ fn a_vsock_device_is_wired_to_kvm_and_declared_on_the_command_line() {
     let vm = builder::build(&res, Instant::now())
         .unwrap_or_else(|e| panic!("building a VM with vsock on /dev/kvm: {e}"));
     let want = b"console=ttyS0 reboot=t virtio_mmio.device=4K@0xd0000000:5\0";
-    let mut got = vec![0u8; want.len()];
-    vm.memory()
-        .read_slice(&mut got, GuestAddress(0x2_0000))
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    Guest(vm.memory()).assert_cmdline(want);
     // The host socket is bound and accepts clients before the guest runs.
     std::os::unix::net::UnixStream::connect(&uds).expect("the vsock socket listens");
 }
@@ -329,11 +302,7 @@ fn block_devices_follow_vsock_on_the_command_line_and_a_missing_image_is_named()
         .unwrap_or_else(|e| panic!("building a VM with disks on /dev/kvm: {e}"));
     let want = b"console=ttyS0 reboot=t virtio_mmio.device=4K@0xd0000000:5 \
         virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7\0";
-    let mut got = vec![0u8; want.len()];
-    vm.memory()
-        .read_slice(&mut got, GuestAddress(0x2_0000))
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    Guest(vm.memory()).assert_cmdline(want);
     drop(vm);
     res.vsock_uds = None;
     res.block[1].path = dir.path().join("gone.img");
@@ -367,11 +336,7 @@ fn an_inherited_tap_fd_is_adopted_and_the_nic_comes_after_the_disks() {
         .unwrap_or_else(|e| panic!("building a VM with a tap fd on /dev/kvm: {e}"));
     let want = b"console=ttyS0 reboot=t virtio_mmio.device=4K@0xd0000000:5 \
         virtio_mmio.device=4K@0xd0001000:6\0";
-    let mut got = vec![0u8; want.len()];
-    vm.memory()
-        .read_slice(&mut got, GuestAddress(0x2_0000))
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    Guest(vm.memory()).assert_cmdline(want);
     assert!(
         Path::new("/sys/class/net").join(&name).exists(),
         "{name} exists while hull-vmm holds it"
@@ -417,11 +382,7 @@ fn a_virtiofs_share_negotiates_with_a_real_virtiofsd_and_is_declared_on_the_comm
     let vm = builder::build(&res, Instant::now())
         .unwrap_or_else(|e| panic!("building a VM with virtio-fs on /dev/kvm: {e}"));
     let want = b"console=ttyS0 reboot=t virtio_mmio.device=4K@0xd0000000:5\0";
-    let mut got = vec![0u8; want.len()];
-    vm.memory()
-        .read_slice(&mut got, GuestAddress(0x2_0000))
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    Guest(vm.memory()).assert_cmdline(want);
     // virtiofsd serves one frontend: when the VM goes, it exits by itself.
     drop(vm);
     let start = Instant::now();

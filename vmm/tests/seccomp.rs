@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 
 use hull_vmm::seccomp::{Filters, Mode, ThreadKind};
 
+mod support;
+
+use support::LOAD_ADDR;
+
 const CHILD_ENV: &str = "HULL_SECCOMP_CHILD";
-const LOAD_ADDR: u64 = 0x10_0000;
 
 // ---------------------------------------------------------------------------------------
 // A forbidden syscall kills the process.
@@ -178,48 +181,10 @@ impl Code {
     }
 }
 
-/// An ELF64 whose one PT_LOAD puts `image` at [`LOAD_ADDR`], with a PVH entry at its start.
+/// An ELF64 whose one PT_LOAD (read, write, execute) puts `image` at [`LOAD_ADDR`], with a
+/// PVH entry at its start.
 fn pvh_elf(image: &[u8]) -> Vec<u8> {
-    let mut e = vec![0u8; 0x1000];
-    let put = |e: &mut Vec<u8>, off: usize, bytes: &[u8]| {
-        e[off..off + bytes.len()].copy_from_slice(bytes)
-    };
-    put(&mut e, 0, &[0x7f, b'E', b'L', b'F', 2, 1, 1]);
-    put(&mut e, 16, &2u16.to_le_bytes()); // ET_EXEC
-    put(&mut e, 18, &62u16.to_le_bytes()); // EM_X86_64
-    put(&mut e, 20, &1u32.to_le_bytes());
-    put(&mut e, 24, &LOAD_ADDR.to_le_bytes());
-    put(&mut e, 32, &64u64.to_le_bytes()); // e_phoff
-    put(&mut e, 52, &64u16.to_le_bytes());
-    put(&mut e, 54, &56u16.to_le_bytes());
-    put(&mut e, 56, &2u16.to_le_bytes());
-    let size = image.len() as u64;
-    let ph = 64;
-    put(&mut e, ph, &1u32.to_le_bytes()); // PT_LOAD, R+X
-    put(&mut e, ph + 4, &7u32.to_le_bytes());
-    put(&mut e, ph + 8, &0x1000u64.to_le_bytes());
-    put(&mut e, ph + 16, &LOAD_ADDR.to_le_bytes());
-    put(&mut e, ph + 24, &LOAD_ADDR.to_le_bytes());
-    put(&mut e, ph + 32, &size.to_le_bytes());
-    put(
-        &mut e,
-        ph + 40,
-        &size.next_multiple_of(0x1000).to_le_bytes(),
-    );
-    put(&mut e, ph + 48, &0x1000u64.to_le_bytes());
-    let ph = 64 + 56;
-    put(&mut e, ph, &4u32.to_le_bytes()); // PT_NOTE
-    put(&mut e, ph + 8, &0x180u64.to_le_bytes());
-    put(&mut e, ph + 32, &20u64.to_le_bytes());
-    put(&mut e, ph + 40, &20u64.to_le_bytes());
-    put(&mut e, ph + 48, &4u64.to_le_bytes());
-    put(&mut e, 0x180, &4u32.to_le_bytes());
-    put(&mut e, 0x184, &4u32.to_le_bytes());
-    put(&mut e, 0x188, &18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
-    put(&mut e, 0x18c, b"Xen\0");
-    put(&mut e, 0x190, &(LOAD_ADDR as u32).to_le_bytes());
-    e.extend_from_slice(image);
-    e
+    support::elf(image, 0x1000, 7, Some(LOAD_ADDR as u32))
 }
 
 // virtio-mmio registers (virtio 1.x, 4.2.2) and where the vsock guest keeps its queues.
@@ -407,13 +372,7 @@ fn run_vsock_guest(confined: bool) {
         std::thread::sleep(Duration::from_millis(5));
     };
     let connected = connected.or_else(|| listener.accept().ok().map(|(s, _)| s));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = support::stderr_of(&mut child);
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(stderr.contains("seccomp filters installed"), "{stderr}");
     // The device thread (under the device filter) made the socket, connected, and wrote
@@ -520,24 +479,12 @@ fn hull_vmm_with_seccomp_runs_a_blk_device_thread_that_reads_writes_and_flushes(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("the blk guest did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let status = support::wait_exit(
+        &mut child,
+        Duration::from_secs(60),
+        "the blk guest did not finish in 60 s",
+    );
+    let stderr = support::stderr_of(&mut child);
     // A syscall off the device list would have killed hull-vmm by SIGSYS.
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(stderr.contains("seccomp filters installed"), "{stderr}");
@@ -605,9 +552,10 @@ fn hull_vmm_runs_the_guest_as_nobody_in_a_chroot_with_every_thread_filtered() {
     let start = Instant::now();
     while std::fs::read_to_string(&console).unwrap_or_default() != "UP\n" {
         if let Some(s) = child.try_wait().unwrap() {
-            let mut e = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
-            panic!("hull-vmm ended early ({s:?}): {e}");
+            panic!(
+                "hull-vmm ended early ({s:?}): {}",
+                support::stderr_of(&mut child)
+            );
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
@@ -634,24 +582,12 @@ fn hull_vmm_runs_the_guest_as_nobody_in_a_chroot_with_every_thread_filtered() {
     // SAFETY: kill(2) to our own child's pid (not yet reaped), a valid signal.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
-    let stopped = Instant::now();
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if stopped.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("hull-vmm ignored SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let exit = support::wait_exit(
+        &mut child,
+        Duration::from_secs(10),
+        "hull-vmm ignored SIGTERM",
+    );
+    let stderr = support::stderr_of(&mut child);
     assert!(exit.success(), "{exit:?}: {stderr}");
     assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
     assert!(!api_sock.exists(), "the control socket was left: {stderr}");

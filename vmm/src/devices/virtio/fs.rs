@@ -76,7 +76,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{worker, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// The virtio device id of virtio-fs.
 pub const VIRTIO_ID_FS: u32 = 26;
@@ -204,11 +204,7 @@ impl VhostUserFs {
                 frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
             }
         }
-        let queue_events = QUEUE_SIZES
-            .iter()
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(FsError::EventFd)?;
+        let queue_events = worker::queue_events(QUEUE_SIZES.len()).map_err(FsError::EventFd)?;
         let mut config = [0u8; CONFIG_SIZE];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_MAX_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
@@ -309,9 +305,7 @@ impl VhostUserFs {
                     .map_err(backend("SET_VRING_ENABLE"))?;
             }
         }
-        // On a vCPU thread: the spawner creates the relay thread under the device filter.
-        crate::seccomp::spawn_device_thread("virtio-fs", move || relay.run(&interrupt))
-            .map_err(ActivateError::Spawn)?;
+        worker::spawn("virtio-fs", move || relay.run(&interrupt))?;
         self.active = true;
         Ok(())
     }
@@ -338,14 +332,7 @@ impl VirtioDevice for VhostUserFs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| self.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        worker::read_config(&self.config, offset, data);
     }
 
     fn queue_events(&self) -> &[EventFd] {
@@ -362,9 +349,7 @@ impl VirtioDevice for VhostUserFs {
         if self.active {
             return Err(ActivateError::AlreadyActive);
         }
-        if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::InvalidQueue(queues.len()));
-        }
+        worker::check_queues(&queues, QUEUE_SIZES.len())?;
         let r = self.start_backend(&mem, &queues, acked_features, interrupt);
         if let Err(e) = &r {
             log::error!("virtio-fs {}: starting the backend: {e}", self.tag);
@@ -432,15 +417,12 @@ impl Relay {
 
     fn relay(&self, interrupt: &Interrupt) {
         let mut events = [EpollEvent::default(); 2];
-        loop {
-            let n = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::error!("virtio-fs {}: epoll: {e}; the device stops", self.tag);
-                    return;
-                }
-            };
+        // The device's name is formatted as needed: a device thread does not allocate.
+        while let Some(n) = worker::wait(
+            &self.epoll,
+            &mut events,
+            &format_args!("virtio-fs {}", self.tag),
+        ) {
             for e in &events[..n] {
                 match e.data() {
                     TOKEN_CALL => {

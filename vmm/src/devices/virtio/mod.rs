@@ -15,7 +15,10 @@ pub mod fs;
 pub mod guest_errors;
 pub mod mmio;
 pub mod net;
+#[cfg(test)]
+pub(crate) mod test_utils;
 pub mod vsock;
+pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

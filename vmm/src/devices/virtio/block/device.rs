@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, Disk};
 use crate::devices::virtio::guest_errors::{pop_chain, GuestErrors};
-use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{worker, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// The virtio device id of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -118,7 +118,7 @@ impl Block {
         config[0..8].copy_from_slice(&disk.capacity().to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[20..24].copy_from_slice(&(request::SECTOR_SIZE as u32).to_le_bytes());
-        let queue_events = vec![EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?];
+        let queue_events = worker::queue_events(QUEUE_SIZES.len())?;
         Ok(Block {
             features,
             config,
@@ -142,14 +142,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| self.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        worker::read_config(&self.config, offset, data);
     }
 
     fn queue_events(&self) -> &[EventFd] {
@@ -167,11 +160,8 @@ impl VirtioDevice for Block {
         let event = self.queue_events[0]
             .try_clone()
             .map_err(ActivateError::Spawn)?;
-        let mut worker = Worker::new(mem, queues, interrupt, disk)?;
-        // Through the spawner, so that the thread runs under the device filter only.
-        crate::seccomp::spawn_device_thread("virtio-blk", move || worker.run(&event))
-            .map_err(ActivateError::Spawn)?;
-        Ok(())
+        let mut state = Worker::new(mem, queues, interrupt, disk)?;
+        worker::spawn("virtio-blk", move || state.run(&event))
     }
 }
 
@@ -193,9 +183,7 @@ impl Worker {
         interrupt: Arc<Interrupt>,
         disk: Disk,
     ) -> Result<Self, ActivateError> {
-        if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::InvalidQueue(queues.len()));
-        }
+        worker::check_queues(&queues, QUEUE_SIZES.len())?;
         let queue = queues.remove(0);
         Ok(Worker {
             mem,
@@ -213,22 +201,7 @@ impl Worker {
 
     /// Waits for queue notifications and executes requests, forever.
     pub fn run(&mut self, event: &EventFd) {
-        let mut pfd = libc::pollfd {
-            fd: std::os::unix::io::AsRawFd::as_raw_fd(event),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        loop {
-            // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
-            let n = unsafe { libc::poll(&mut pfd, 1, -1) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                log::error!("virtio-blk: poll: {e}; the device stops");
-                return;
-            }
+        while worker::wait_readable(event, &"virtio-blk") {
             let _ = event.read();
             self.process();
         }
@@ -257,30 +230,11 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::block::request::tests::{desc, disk, mem};
+    use crate::devices::virtio::block::request::tests::disk;
     use crate::devices::virtio::block::request::{req_type, status, RequestHeader};
+    use crate::devices::virtio::test_utils::{desc, interrupt, mem, Rng};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestAddress};
-
-    /// xorshift64*: a fixed-seed generator, so a failure reproduces.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
-    fn interrupt() -> (EventFd, Arc<Interrupt>) {
-        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let i = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
-        (irq, i)
-    }
 
     #[test]
     fn config_space_and_features() {
@@ -383,7 +337,6 @@ mod tests {
     /// keeps its size.
     #[test]
     fn random_queues_and_requests_never_panic_the_worker() {
-        use virtio_queue::desc::{split::Descriptor, RawDescriptor};
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         let m = mem();
         let (f, d) = disk(64, false);
@@ -403,26 +356,7 @@ mod tests {
                 )
                 .unwrap();
             }
-            for i in 0..16u64 {
-                let addr = match rng.below(4) {
-                    0 => rng.next(),
-                    1 => 0x3f_f000 + rng.below(0x2000),
-                    _ => 0x10_0000 + rng.below(64) * 0x1000,
-                };
-                let len =
-                    [0, 1, 16, 512, 1024, 0x10_0000, rng.next() as u32][rng.below(7) as usize];
-                let flags = rng.below(8) as u16; // NEXT, WRITE, INDIRECT in any mix
-                let next = rng.below(20) as u16;
-                let d = RawDescriptor::from(Descriptor::new(addr, len, flags, next));
-                m.write_obj(d, GuestAddress(i * 16)).unwrap();
-            }
-            let avail = q.avail_addr();
-            m.write_obj(rng.below(40) as u16, avail.unchecked_add(2))
-                .unwrap();
-            for i in 0..16u64 {
-                m.write_obj(rng.below(20) as u16, avail.unchecked_add(4 + 2 * i))
-                    .unwrap();
-            }
+            rng.scribble_queue(&m, &q, [0, 1, 16, 512, 1024, 0x10_0000]);
             let (_irq, interrupt) = interrupt();
             let mut w = Worker::new(
                 m.clone(),

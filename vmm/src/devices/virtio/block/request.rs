@@ -412,18 +412,9 @@ pub fn process(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use crate::devices::virtio::test_utils::{desc, mem};
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-
-    pub(crate) fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
-    }
-
-    pub(crate) fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
-        let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-        RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
-    }
 
     /// A disk of `sectors` sectors whose sector i is filled with byte i.
     pub(crate) fn disk(sectors: u64, read_only: bool) -> (tempfile::NamedTempFile, Disk) {
@@ -461,6 +452,28 @@ pub(crate) mod tests {
         process(m, chain, d)
     }
 
+    /// Runs a chain that must succeed (no error, status OK); returns the used length.
+    fn run_ok(
+        m: &GuestMemoryMmap,
+        d: &mut Disk,
+        type_: u32,
+        sector: u64,
+        descs: &[RawDescriptor],
+    ) -> u32 {
+        let (len, err) = run(m, d, type_, sector, descs);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(status_byte(m), status::OK);
+        len
+    }
+
+    /// The usual chain: the header at HDR, then `data`, then the status byte at STATUS.
+    fn chain(data: &[RawDescriptor]) -> Vec<RawDescriptor> {
+        let mut descs = vec![desc(HDR, 16, false)];
+        descs.extend_from_slice(data);
+        descs.push(desc(STATUS, 1, true));
+        descs
+    }
+
     fn status_byte(m: &GuestMemoryMmap) -> u8 {
         m.read_obj(GuestAddress(STATUS)).unwrap()
     }
@@ -478,20 +491,9 @@ pub(crate) mod tests {
     fn read_spanning_two_buffers_returns_the_sectors() {
         let m = mem();
         let (_f, mut d) = disk(8, false);
-        let (len, err) = run(
-            &m,
-            &mut d,
-            req_type::IN,
-            2,
-            &[
-                desc(HDR, 16, false),
-                desc(DATA, 512, true),
-                desc(DATA + 0x1000, 1024, true),
-                desc(STATUS, 1, true),
-            ],
-        );
-        assert!(err.is_none(), "{err:?}");
-        assert_eq!((len, status_byte(&m)), (1537, status::OK));
+        let data = [desc(DATA, 512, true), desc(DATA + 0x1000, 1024, true)];
+        let len = run_ok(&m, &mut d, req_type::IN, 2, &chain(&data));
+        assert_eq!(len, 1537);
         let mut b = vec![0u8; 1024];
         m.read_slice(&mut b, GuestAddress(DATA + 0x1000)).unwrap();
         assert_eq!(&b[..512], &[3u8; 512][..]);
@@ -504,28 +506,15 @@ pub(crate) mod tests {
         let m = mem();
         let (f, mut d) = disk(8, false);
         m.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
-        let (len, err) = run(
+        let len = run_ok(
             &m,
             &mut d,
             req_type::OUT,
             7,
-            &[
-                desc(HDR, 16, false),
-                desc(DATA, 512, false),
-                desc(STATUS, 1, true),
-            ],
+            &chain(&[desc(DATA, 512, false)]),
         );
-        assert!(err.is_none(), "{err:?}");
-        assert_eq!((len, status_byte(&m)), (1, status::OK));
-        let (len, err) = run(
-            &m,
-            &mut d,
-            req_type::FLUSH,
-            0,
-            &[desc(HDR, 16, false), desc(STATUS, 1, true)],
-        );
-        assert!(err.is_none(), "{err:?}");
-        assert_eq!((len, status_byte(&m)), (1, status::OK));
+        assert_eq!(len, 1);
+        assert_eq!(run_ok(&m, &mut d, req_type::FLUSH, 0, &chain(&[])), 1);
         let data = std::fs::read(f.path()).unwrap();
         assert_eq!(&data[7 * 512..], &[0xab; 512][..]);
         assert_eq!(data[6 * 512], 6);
@@ -535,20 +524,15 @@ pub(crate) mod tests {
     fn get_id_writes_at_most_20_bytes() {
         let m = mem();
         let (_f, mut d) = disk(1, true);
-        let (len, err) = run(
+        let len = run_ok(
             &m,
             &mut d,
             req_type::GET_ID,
             0,
-            &[
-                desc(HDR, 16, false),
-                desc(DATA, 64, true),
-                desc(STATUS, 1, true),
-            ],
+            &chain(&[desc(DATA, 64, true)]),
         );
-        assert!(err.is_none(), "{err:?}");
         // The id zero-padded to 20 bytes, then the status byte.
-        assert_eq!((len, status_byte(&m)), (21, status::OK));
+        assert_eq!(len, 21);
         let mut b = [0u8; 20];
         m.read_slice(&mut b, GuestAddress(DATA)).unwrap();
         assert_eq!(&b[..14], b"hull-test-disk");
@@ -559,15 +543,8 @@ pub(crate) mod tests {
     fn status_byte_may_share_the_last_data_buffer() {
         let m = mem();
         let (_f, mut d) = disk(2, false);
-        let (len, err) = run(
-            &m,
-            &mut d,
-            req_type::IN,
-            1,
-            &[desc(HDR, 16, false), desc(STATUS - 512, 513, true)],
-        );
-        assert!(err.is_none(), "{err:?}");
-        assert_eq!((len, status_byte(&m)), (513, status::OK));
+        let descs = [desc(HDR, 16, false), desc(STATUS - 512, 513, true)];
+        assert_eq!(run_ok(&m, &mut d, req_type::IN, 1, &descs), 513);
         assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS - 1)).unwrap(), 1);
     }
 
@@ -700,13 +677,8 @@ pub(crate) mod tests {
             m.read_slice(&mut b, GuestAddress(DATA)).unwrap();
             assert_eq!(b, [0x5a; 1024], "{what}: guest memory changed");
         }
-        let (len, err) = run(
-            &m,
-            &mut ro,
-            req_type::OUT,
-            0,
-            &[hdr, desc(DATA, 512, false), st],
-        );
+        let descs = chain(&[desc(DATA, 512, false)]);
+        let (len, err) = run(&m, &mut ro, req_type::OUT, 0, &descs);
         assert!(matches!(err, Some(RequestError::ReadOnly)), "{err:?}");
         assert_eq!((len, status_byte(&m)), (1, status::IOERR));
         assert_eq!(std::fs::read(f.path()).unwrap(), before);
@@ -727,11 +699,7 @@ pub(crate) mod tests {
             &mut d,
             req_type::IN,
             4,
-            &[
-                desc(HDR, 16, false),
-                desc(DATA, 512, true),
-                desc(STATUS, 1, true),
-            ],
+            &chain(&[desc(DATA, 512, true)]),
         );
         assert!(matches!(err, Some(RequestError::Io(_))), "{err:?}");
         assert_eq!((len, status_byte(&m)), (1, status::IOERR));

@@ -26,7 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::VNET_HDR_SIZE;
 use crate::devices::virtio::guest_errors::{pop_chain, GuestErrors};
-use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{worker, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// The virtio device id of a network device.
 pub const VIRTIO_ID_NET: u32 = 1;
@@ -91,9 +91,7 @@ impl Net {
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&mac);
         config[6] = 1;
-        let queue_events = (0..QUEUE_SIZES.len())
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))
-            .collect::<std::io::Result<Vec<_>>>()?;
+        let queue_events = worker::queue_events(QUEUE_SIZES.len())?;
         Ok(Net {
             config,
             queue_events,
@@ -117,14 +115,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| self.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        worker::read_config(&self.config, offset, data);
     }
 
     fn queue_events(&self) -> &[EventFd] {
@@ -141,17 +132,9 @@ impl VirtioDevice for Net {
         let (Some(tap), Some(epoll)) = (self.tap.take(), self.epoll.take()) else {
             return Err(ActivateError::AlreadyActive);
         };
-        let events = self
-            .queue_events
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(ActivateError::Spawn)?;
-        let mut worker = Worker::new(mem, queues, interrupt, tap, events, epoll)?;
-        // Through the spawner, so that the thread runs under the device filter only.
-        crate::seccomp::spawn_device_thread("virtio-net", move || worker.run())
-            .map_err(ActivateError::Spawn)?;
-        Ok(())
+        let events = worker::clone_events(&self.queue_events)?;
+        let mut state = Worker::new(mem, queues, interrupt, tap, events, epoll)?;
+        worker::spawn("virtio-net", move || state.run())
     }
 }
 
@@ -271,33 +254,24 @@ impl Worker {
     /// Waits for events and moves frames, forever.
     pub fn run(&mut self) {
         let mut events = vec![EpollEvent::default(); 8];
-        loop {
-            match self.epoll.wait(-1, &mut events) {
-                Ok(n) => {
-                    for e in &events[..n] {
-                        if let Some(evt) = usize::try_from(e.data())
-                            .ok()
-                            .and_then(|i| self.events.get(i))
-                        {
-                            let _ = evt.read();
-                        }
-                        if e.data() == TOKEN_RXQ {
-                            // The guest posted RX buffers: listen to the tap again.
-                            self.poll_tap(true);
-                        }
-                        if e.data() == TOKEN_TAP
-                            && e.event_set()
-                                .intersects(EventSet::ERROR | EventSet::HANG_UP)
-                        {
-                            // Reported even with an empty interest set: stop, or spin.
-                            self.tap_failed(&"error or hang-up on the tap");
-                        }
-                    }
+        while let Some(n) = worker::wait(&self.epoll, &mut events, &"virtio-net") {
+            for e in &events[..n] {
+                if let Some(evt) = usize::try_from(e.data())
+                    .ok()
+                    .and_then(|i| self.events.get(i))
+                {
+                    let _ = evt.read();
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::error!("virtio-net: epoll: {e}; the device stops");
-                    return;
+                if e.data() == TOKEN_RXQ {
+                    // The guest posted RX buffers: listen to the tap again.
+                    self.poll_tap(true);
+                }
+                if e.data() == TOKEN_TAP
+                    && e.event_set()
+                        .intersects(EventSet::ERROR | EventSet::HANG_UP)
+                {
+                    // Reported even with an empty interest set: stop, or spin.
+                    self.tap_failed(&"error or hang-up on the tap");
                 }
             }
             self.process();
@@ -454,34 +428,10 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::test_utils::{desc, interrupt, mem, Rng};
     use std::os::unix::net::UnixDatagram;
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestAddress};
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
-    }
-
-    fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
-        let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-        RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
-    }
-
-    /// xorshift64*: a fixed-seed generator, so a failure reproduces.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
 
     /// A datagram socket pair stands in for the tap: whole frames in, whole frames out.
     fn fake_tap() -> (File, UnixDatagram) {
@@ -503,8 +453,7 @@ mod tests {
         let rxq = MockSplitQueue::create(m, GuestAddress(0), 16);
         let txq = MockSplitQueue::create(m, GuestAddress(0x8000), 16);
         let (tap, host) = fake_tap();
-        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+        let (irq, interrupt) = interrupt();
         let events = (0..2).map(|_| EventFd::new(0).unwrap()).collect();
         let worker = Worker::new(
             m.clone(),
@@ -691,30 +640,8 @@ mod tests {
         for _round in 0..300 {
             m.write_slice(&[0u8; 0x10000], GuestAddress(0)).unwrap();
             let mut r = rig(&m);
-            for base in [0u64, 0x8000] {
-                for i in 0..16u64 {
-                    let addr = match rng.below(4) {
-                        0 => rng.next(),
-                        1 => 0x3f_f000 + rng.below(0x2000),
-                        _ => 0x10_0000 + rng.below(64) * 0x1000,
-                    };
-                    let len =
-                        [0, 4, 12, 60, 1514, 0x10_0000, rng.next() as u32][rng.below(7) as usize];
-                    let d = RawDescriptor::from(Descriptor::new(
-                        addr,
-                        len,
-                        rng.below(8) as u16,
-                        rng.below(20) as u16,
-                    ));
-                    m.write_obj(d, GuestAddress(base + i * 16)).unwrap();
-                }
-                let avail = GuestAddress(base + 16 * 16);
-                m.write_obj(rng.below(40) as u16, avail.unchecked_add(2))
-                    .unwrap();
-                for i in 0..16u64 {
-                    m.write_obj(rng.below(20) as u16, avail.unchecked_add(4 + 2 * i))
-                        .unwrap();
-                }
+            for q in [&r.rxq, &r.txq] {
+                rng.scribble_queue(&m, q, [0, 4, 12, 60, 1514, 0x10_0000]);
             }
             for _ in 0..rng.below(4) {
                 let n = [0, 5, 12, 13, 60, 1514, 9000][rng.below(7) as usize];

@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::muxer::Muxer;
 use super::packet;
 use crate::devices::virtio::guest_errors::{pop_chain, GuestErrors};
-use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{worker, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::metrics::{self, VsockMetrics};
 
 /// The virtio device id of vsock.
@@ -42,9 +42,7 @@ pub struct Vsock {
 impl Vsock {
     /// A device for the guest `cid` whose host side is `muxer`.
     pub fn new(cid: u64, muxer: Muxer) -> std::io::Result<Self> {
-        let queue_events = (0..QUEUE_SIZES.len())
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))
-            .collect::<std::io::Result<Vec<_>>>()?;
+        let queue_events = worker::queue_events(QUEUE_SIZES.len())?;
         Ok(Vsock {
             cid,
             queue_events,
@@ -74,15 +72,7 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_vsock_config { le64 guest_cid; }
-        let config = self.cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        worker::read_config(&self.cid.to_le_bytes(), offset, data);
     }
 
     fn queue_events(&self) -> &[EventFd] {
@@ -97,18 +87,10 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
         let muxer = self.muxer.take().ok_or(ActivateError::AlreadyActive)?;
-        let events = self
-            .queue_events
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(ActivateError::Spawn)?;
-        let mut worker = Worker::new(mem, queues, interrupt, muxer, events)?;
-        worker.metrics = self.metrics.clone();
-        // Through the spawner, so that the thread runs under the device filter only.
-        crate::seccomp::spawn_device_thread("vsock", move || worker.run())
-            .map_err(ActivateError::Spawn)?;
-        Ok(())
+        let events = worker::clone_events(&self.queue_events)?;
+        let mut state = Worker::new(mem, queues, interrupt, muxer, events)?;
+        state.metrics = self.metrics.clone();
+        worker::spawn("vsock", move || state.run())
     }
 }
 
@@ -133,9 +115,7 @@ impl Worker {
         muxer: Muxer,
         events: Vec<EventFd>,
     ) -> Result<Self, ActivateError> {
-        if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::InvalidQueue(queues.len()));
-        }
+        worker::check_queues(&queues, QUEUE_SIZES.len())?;
         for (i, e) in events.iter().enumerate() {
             use std::os::unix::io::AsRawFd;
             muxer
@@ -166,18 +146,9 @@ impl Worker {
     /// Waits for events and moves packets, forever.
     pub fn run(&mut self) {
         let mut events = vec![EpollEvent::default(); 32];
-        loop {
-            match self.muxer.epoll().wait(-1, &mut events) {
-                Ok(n) => {
-                    for e in &events[..n] {
-                        self.dispatch(e.data(), e.event_set());
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::error!("vsock: epoll: {e}; the device stops");
-                    return;
-                }
+        while let Some(n) = worker::wait(self.muxer.epoll(), &mut events, &"vsock") {
+            for e in &events[..n] {
+                self.dispatch(e.data(), e.event_set());
             }
             self.process();
         }
@@ -279,33 +250,18 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::vsock::packet::tests::{desc, mem};
+    use crate::devices::virtio::test_utils::{desc, interrupt, mem, Rng};
     use crate::devices::virtio::vsock::packet::{op, Header, TYPE_STREAM};
     use std::io::BufRead;
     use std::os::unix::net::UnixListener;
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Address, Bytes, GuestAddress};
-
-    /// xorshift64*: a fixed-seed generator, so a failure reproduces.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use vm_memory::{Bytes, GuestAddress};
 
     /// A hostile guest: random descriptor tables (addresses in and out of memory, any
     /// length, flags and next index), random avail indexes, and buffers full of headers
     /// that are half plausible. The worker must neither panic nor loop; every round ends.
     #[test]
     fn random_queues_and_packets_never_panic_the_worker() {
-        use virtio_queue::desc::{split::Descriptor, RawDescriptor};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.sock");
         let _l = UnixListener::bind(format!("{}_1025", path.display())).unwrap();
@@ -347,33 +303,14 @@ mod tests {
                 m.write_obj(h, GuestAddress(0x10_0000 + i * 0x1000))
                     .unwrap();
             }
-            for (q, mock) in mocks.iter().enumerate() {
-                for i in 0..16u64 {
-                    let addr = match rng.below(4) {
-                        0 => rng.next(),
-                        1 => 0x3f_f000 + rng.below(0x2000),
-                        _ => 0x10_0000 + rng.below(64) * 0x1000,
-                    };
-                    let len =
-                        [0, 10, 44, 49, 4096, 0x10_0000, rng.next() as u32][rng.below(7) as usize];
-                    let flags = rng.below(8) as u16; // NEXT, WRITE, INDIRECT in any mix
-                    let next = rng.below(20) as u16;
-                    let d = RawDescriptor::from(Descriptor::new(addr, len, flags, next));
-                    m.write_obj(d, GuestAddress(bases[q] + i * 16)).unwrap();
-                }
-                let avail = mock.avail_addr();
-                m.write_obj(rng.below(40) as u16, avail.unchecked_add(2))
-                    .unwrap();
-                for i in 0..16u64 {
-                    m.write_obj(rng.below(20) as u16, avail.unchecked_add(4 + 2 * i))
-                        .unwrap();
-                }
+            for mock in &mocks {
+                rng.scribble_queue(&m, mock, [0, 10, 44, 49, 4096, 0x10_0000]);
             }
             let queues = mocks
                 .iter()
                 .map(|mq| mq.create_queue::<Queue>().unwrap())
                 .collect();
-            let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+            let (_irq, interrupt) = interrupt();
             let events = (0..3).map(|_| EventFd::new(0).unwrap()).collect();
             let mut w = Worker::new(m.clone(), queues, interrupt, muxer, events).unwrap();
             for _ in 0..3 {
@@ -445,8 +382,7 @@ mod tests {
             txq.create_queue::<Queue>().unwrap(),
             evq.create_queue::<Queue>().unwrap(),
         ];
-        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+        let (irq, interrupt) = interrupt();
         let events = (0..3).map(|_| EventFd::new(0).unwrap()).collect();
         let mut w = Worker::new(m.clone(), queues, interrupt.clone(), muxer, events).unwrap();
         w.process();

@@ -64,59 +64,45 @@ pub struct Header {
 // valid value and it has no padding.
 unsafe impl ByteValued for Header {}
 
+/// Getters of [`Header`] fields: each reads its little-endian field in host byte order.
+macro_rules! le_getters {
+    ($($(#[$attr:meta])* $field:ident: $ty:ty;)*) => {
+        $(
+            $(#[$attr])*
+            pub fn $field(&self) -> $ty {
+                <$ty>::from_le(self.$field)
+            }
+        )*
+    };
+}
+
 impl Header {
     /// A stream packet header from host `src_port` to the guest's `dst_cid`:`dst_port`.
     pub fn new(dst_cid: u64, src_port: u32, dst_port: u32, op: u16) -> Self {
-        Header {
-            src_cid: HOST_CID.to_le(),
-            dst_cid: dst_cid.to_le(),
-            src_port: src_port.to_le(),
-            dst_port: dst_port.to_le(),
-            type_: TYPE_STREAM.to_le(),
-            op: op.to_le(),
-            ..Default::default()
-        }
+        Header::from_fields(HOST_CID, dst_cid, src_port, dst_port, 0, TYPE_STREAM, op)
     }
-    /// Source CID.
-    pub fn src_cid(&self) -> u64 {
-        u64::from_le(self.src_cid)
-    }
-    /// Destination CID.
-    pub fn dst_cid(&self) -> u64 {
-        u64::from_le(self.dst_cid)
-    }
-    /// Source port.
-    pub fn src_port(&self) -> u32 {
-        u32::from_le(self.src_port)
-    }
-    /// Destination port.
-    pub fn dst_port(&self) -> u32 {
-        u32::from_le(self.dst_port)
-    }
-    /// Payload length.
-    #[allow(clippy::len_without_is_empty)] // a header field, not a container
-    pub fn len(&self) -> u32 {
-        u32::from_le(self.len)
-    }
-    /// Socket type.
-    pub fn type_(&self) -> u16 {
-        u16::from_le(self.type_)
-    }
-    /// Operation.
-    pub fn op(&self) -> u16 {
-        u16::from_le(self.op)
-    }
-    /// Operation-specific flags.
-    pub fn flags(&self) -> u32 {
-        u32::from_le(self.flags)
-    }
-    /// The sender's receive buffer size.
-    pub fn buf_alloc(&self) -> u32 {
-        u32::from_le(self.buf_alloc)
-    }
-    /// Bytes the sender has consumed from its receive buffer.
-    pub fn fwd_cnt(&self) -> u32 {
-        u32::from_le(self.fwd_cnt)
+    le_getters! {
+        /// Source CID.
+        src_cid: u64;
+        /// Destination CID.
+        dst_cid: u64;
+        /// Source port.
+        src_port: u32;
+        /// Destination port.
+        dst_port: u32;
+        /// Payload length.
+        #[allow(clippy::len_without_is_empty)] // a header field, not a container
+        len: u32;
+        /// Socket type.
+        type_: u16;
+        /// Operation.
+        op: u16;
+        /// Operation-specific flags.
+        flags: u32;
+        /// The sender's receive buffer size.
+        buf_alloc: u32;
+        /// Bytes the sender has consumed from its receive buffer.
+        fwd_cnt: u32;
     }
     /// Sets the payload length.
     pub fn set_len(&mut self, len: u32) -> &mut Self {
@@ -248,21 +234,11 @@ pub fn write_rx(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use crate::devices::virtio::test_utils::{desc, mem};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
-
-    pub(crate) fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
-    }
-
-    pub(crate) fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
-        let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-        RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
-    }
 
     fn hdr(len: u32) -> Header {
         Header::from_fields(3, 2, 1000, 1025, len, TYPE_STREAM, op::RW)
