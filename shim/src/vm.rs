@@ -225,9 +225,10 @@ impl StateDir {
         match std::fs::create_dir(&path) {
             Ok(()) => {
                 let dir = StateDir(path);
-                // Traversable (not listable) by others whatever the umask: a confined
-                // vsock daemon, running as the pod's id, reaches its sockets through it.
-                std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o711)).map_err(
+                // Root's alone whatever the umask: logs, console and sockets are nobody
+                // else's business. Processes confined to the pod's id get their own
+                // directory below (the vsock one), reached without searching this one.
+                std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).map_err(
                     |source| VmError::StateDir {
                         path: dir.0.clone(),
                         source,
@@ -463,14 +464,17 @@ fn write_pids(state_dir: &Path, pids: &[u32]) -> Result<(), VmError> {
 }
 
 /// Cleans up after a VM whose owner died: kills the processes its pid file names (only
-/// those whose command line still mentions the state directory, so a recycled pid is never
-/// hit), unmounts everything below the directory and removes it. Idempotent.
+/// those whose command line mentions the state directory or whose working directory lies in
+/// it, so a recycled pid is never hit), unmounts everything below the directory and removes
+/// it. Idempotent.
 pub fn cleanup_dead(state_dir: &Path) {
     let needle = state_dir.as_os_str().as_encoded_bytes();
     if let Ok(text) = std::fs::read_to_string(state_dir.join(PIDS_FILE)) {
         for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if cmdline.windows(needle.len()).any(|w| w == needle) {
+            // A helper started inside the directory names its files relative to it.
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            if cmdline.windows(needle.len()).any(|w| w == needle) || cwd.starts_with(state_dir) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,

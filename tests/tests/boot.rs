@@ -220,10 +220,9 @@ fn ids_and_root(pid: u32) -> (Vec<u32>, std::path::PathBuf) {
 /// host's readiness listener and the agent answers, and the id is free again afterwards.
 #[tokio::test]
 async fn a_confined_vm_runs_qemu_and_its_vsock_daemon_as_the_pods_own_id() {
+    // A 0700 state root, like the 0700 pod state directory below it: the confined daemon
+    // starts inside its own directory and never searches these.
     let root = tempfile::tempdir().unwrap();
-    // The state root must be traversable by the pod's id, as /run/hull is (tempdirs are 0700).
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let locks = root.path().join(".locks");
     let hv = hull_shim::backend::qemu::Qemu {
         jail: Some(hull_shim::backend::jail::JailRange::parse("1879050000-1879050001").unwrap()),
@@ -245,6 +244,17 @@ async fn a_confined_vm_runs_qemu_and_its_vsock_daemon_as_the_pods_own_id() {
     assert_eq!(qemu_root, vm.state_dir().join("qemu-root"));
     let (daemon_uids, _) = ids_and_root(pids[1]);
     assert_eq!(daemon_uids, [id; 4], "every uid slot of vhost-device-vsock");
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", pids[1])).unwrap();
+    assert_eq!(cwd, vm.state_dir().join("vsock"));
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let state = std::fs::metadata(vm.state_dir()).unwrap();
+    assert_eq!(
+        state.permissions().mode() & 0o777,
+        0o700,
+        "the pod's state dir"
+    );
+    let vsock = std::fs::metadata(vm.state_dir().join("vsock")).unwrap();
+    assert_eq!(vsock.uid(), id, "the vsock dir is the pod id's");
     assert!(locks.join(format!("{id}.lock")).exists());
 
     let outcome = vm.shutdown(Duration::from_secs(10)).await;

@@ -26,7 +26,7 @@ use std::process::ExitStatus;
 use async_trait::async_trait;
 
 use super::jail::{self, JailId, JailRange, DEFAULT_LOCK_DIR};
-use super::qemu::{terminate_all, virtiofs_socket, virtiofsd_args, Helper, SHARE_TAG};
+use super::qemu::{terminate_all, virtiofs_socket, virtiofsd_args, Helper, StartAs, SHARE_TAG};
 use super::{BackendError, Hypervisor, LaunchSpec, VmProcesses};
 use crate::util::tail_of_file;
 
@@ -121,7 +121,7 @@ impl Hypervisor for HullVmm {
                     &virtiofsd_args(spec, share),
                     &spec.state_dir.join("virtiofsd.log"),
                     &virtiofs_socket(spec),
-                    None,
+                    &StartAs::default(),
                 )
                 .await?,
             );
@@ -130,7 +130,7 @@ impl Hypervisor for HullVmm {
             &self.binary,
             &args,
             &spec.state_dir.join("hull-vmm.log"),
-            None,
+            &StartAs::default(),
         ) {
             Ok(v) => v,
             Err(e) => {

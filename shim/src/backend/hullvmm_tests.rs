@@ -365,8 +365,12 @@ async fn a_daemon_the_pod_id_cannot_run_is_named_with_the_id_and_the_fix() {
     let t = setup();
     let daemon = script(&t.bin, "only-root-can-reach-me", "exec sleep 600");
     std::fs::set_permissions(&t.bin, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let e = super::super::qemu::Helper::spawn(&daemon, &[], &t.state.join("d.log"), Some(60005))
-        .unwrap_err();
+    let how = super::super::qemu::StartAs {
+        dir: Some(t.state.clone()),
+        id: Some(60005),
+    };
+    let e =
+        super::super::qemu::Helper::spawn(&daemon, &[], &t.state.join("d.log"), &how).unwrap_err();
     let msg = e.to_string();
     assert!(
         msg.contains("as uid 60005") && msg.contains("Permission denied"),

@@ -23,7 +23,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -131,10 +131,15 @@ fn try_lock(file: &File) -> std::io::Result<bool> {
 impl JailId {
     /// Takes a free id of `range`, starting the search at a slot derived from `pod`.
     pub fn allocate(range: JailRange, lock_dir: &Path, pod: &str) -> Result<JailId, JailError> {
-        std::fs::create_dir_all(lock_dir).map_err(|source| JailError::LockDir {
+        // Root's alone: a process running as a pod's id must not be able to open (and so
+        // lock) the locks of other ids.
+        let dir_err = |source| JailError::LockDir {
             path: lock_dir.to_path_buf(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(lock_dir).map_err(dir_err)?;
+        std::fs::set_permissions(lock_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(dir_err)?;
         let mut h = DefaultHasher::new();
         pod.hash(&mut h);
         let start = (h.finish() % u64::from(range.count)) as u32;
@@ -149,6 +154,7 @@ impl JailId {
                 .create(true)
                 .truncate(false)
                 .write(true)
+                .mode(0o600)
                 .open(&path)
                 .map_err(lock_err)?;
             if !try_lock(&lock).map_err(lock_err)? {

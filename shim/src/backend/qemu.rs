@@ -205,23 +205,38 @@ pub fn virtiofsd_args(spec: &LaunchSpec, share: &Path) -> Vec<String> {
     ]
 }
 
-/// vhost-device-vsock's command line for `spec`.
+/// vhost-device-vsock's command line for `spec`. The socket paths are relative to the vsock
+/// directory, where the daemon is started: a daemon running as the pod's id needs no
+/// permission on the directories above (the pod's state directory is root's alone).
 pub fn vsock_daemon_args(spec: &LaunchSpec) -> Vec<String> {
+    let name = |p: &Path| {
+        p.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    };
     vec![
         "--guest-cid".into(),
         GUEST_CID.to_string(),
         "--socket".into(),
-        vhost_vsock_socket(spec).display().to_string(),
+        name(&vhost_vsock_socket(spec)),
         "--uds-path".into(),
-        spec.vsock_uds.display().to_string(),
+        name(&spec.vsock_uds),
     ]
+}
+
+/// How a helper is started: where, and as which id (`None`: root, the shim's own).
+#[derive(Debug, Clone, Default)]
+pub(super) struct StartAs {
+    /// Its working directory.
+    pub(super) dir: Option<PathBuf>,
+    /// Its uid and gid.
+    pub(super) id: Option<u32>,
 }
 
 fn spawn_logged(
     program: &Path,
     args: &[String],
     log: &Path,
-    run_as: Option<u32>,
+    how: &StartAs,
 ) -> Result<Child, BackendError> {
     let out = std::fs::File::create(log).map_err(|source| BackendError::StateFile {
         path: log.to_path_buf(),
@@ -237,11 +252,45 @@ fn spawn_logged(
         .stdout(out)
         .stderr(err)
         .kill_on_drop(true);
-    if let Some(id) = run_as {
-        // std clears the supplementary groups when root changes uid.
-        cmd.uid(id).gid(id);
+    match (how.id, &how.dir) {
+        (None, Some(dir)) => {
+            cmd.current_dir(dir);
+        }
+        (None, None) => {}
+        (Some(id), dir) => {
+            // Into the directory while still root (the id may not search the directories
+            // above it), then the id for good. Built before the fork: the child may not
+            // allocate.
+            let dir = std::ffi::CString::new(
+                dir.as_deref()
+                    .unwrap_or(Path::new("/"))
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            )
+            .map_err(|e| BackendError::SpawnAs {
+                program: program.to_path_buf(),
+                id,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            })?;
+            // SAFETY: the closure runs in the forked child before exec, where only
+            // async-signal-safe calls are allowed: it makes only chdir, setgroups, setresgid
+            // and setresuid, on a path and ids prepared before the fork, and allocates
+            // nothing (an OS error is a plain code).
+            unsafe {
+                cmd.pre_exec(move || {
+                    let ok = |rc: libc::c_int| match rc {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::last_os_error()),
+                    };
+                    ok(libc::chdir(dir.as_ptr()))?;
+                    ok(libc::setgroups(0, std::ptr::null()))?;
+                    ok(libc::setresgid(id, id, id))?;
+                    ok(libc::setresuid(id, id, id))
+                });
+            }
+        }
     }
-    cmd.spawn().map_err(|source| match run_as {
+    cmd.spawn().map_err(|source| match how.id {
         Some(id) => BackendError::SpawnAs {
             program: program.to_path_buf(),
             id,
@@ -279,7 +328,10 @@ impl Hypervisor for Qemu {
                 &vsock_daemon_args(spec),
                 &spec.state_dir.join("vhost-device-vsock.log"),
                 &vhost_vsock_socket(spec),
-                run_as,
+                &StartAs {
+                    dir: Some(spec.vsock_dir()),
+                    id: run_as,
+                },
             )
             .await?,
         ];
@@ -289,7 +341,7 @@ impl Hypervisor for Qemu {
                 &virtiofsd_args(spec, share),
                 &spec.state_dir.join("virtiofsd.log"),
                 &virtiofs_socket(spec),
-                None,
+                &StartAs::default(),
             )
             .await
             {
@@ -304,7 +356,7 @@ impl Hypervisor for Qemu {
             &self.binary,
             &qemu_args(spec, self.accel, run_as),
             &spec.state_dir.join("qemu.log"),
-            None,
+            &StartAs::default(),
         ) {
             Ok(q) => q,
             Err(e) => {
@@ -336,14 +388,14 @@ pub(super) struct Helper {
 }
 
 impl Helper {
-    /// Starts `program`, as uid/gid `run_as` if given.
+    /// Starts `program` as `how` says.
     pub(super) fn spawn(
         program: &Path,
         args: &[String],
         log: &Path,
-        run_as: Option<u32>,
+        how: &StartAs,
     ) -> Result<Helper, BackendError> {
-        let child = spawn_logged(program, args, log, run_as)?;
+        let child = spawn_logged(program, args, log, how)?;
         Ok(Helper {
             program: program.to_path_buf(),
             child,
@@ -351,16 +403,15 @@ impl Helper {
         })
     }
 
-    /// Starts a vhost-user daemon (as `run_as` if given) and waits until it created
-    /// `socket`.
+    /// Starts a vhost-user daemon as `how` says and waits until it created `socket`.
     pub(super) async fn start(
         program: &Path,
         args: &[String],
         log: &Path,
         socket: &Path,
-        run_as: Option<u32>,
+        how: &StartAs,
     ) -> Result<Helper, BackendError> {
-        let mut h = Helper::spawn(program, args, log, run_as)?;
+        let mut h = Helper::spawn(program, args, log, how)?;
         let start = Instant::now();
         while !socket.exists() {
             let failed = match h.child.try_wait() {
@@ -549,15 +600,11 @@ mod tests {
     #[test]
     fn vsock_daemon_serves_the_hybrid_socket() {
         let a = vsock_daemon_args(&spec());
-        assert_eq!(
-            value_of(&a, "--uds-path"),
-            ["/run/hull/t1/vsock/vsock.sock"]
-        );
-        // Beside it, where a daemon running as the pod's id may create it.
-        assert_eq!(
-            value_of(&a, "--socket"),
-            ["/run/hull/t1/vsock/vhost-vsock.sock"]
-        );
+        // Relative to the vsock directory, the daemon's working directory: a daemon running
+        // as the pod's id reaches them without searching the state directory.
+        assert_eq!(value_of(&a, "--uds-path"), ["vsock.sock"]);
+        assert_eq!(value_of(&a, "--socket"), ["vhost-vsock.sock"]);
+        assert_eq!(spec().vsock_dir(), Path::new("/run/hull/t1/vsock"));
     }
 
     #[test]
