@@ -189,6 +189,54 @@ pub fn backend(choice: &BackendChoice, jail: Option<JailRange>) -> Box<dyn Hyper
     }
 }
 
+/// Whether the pods' own ids can run what the chosen backend starts as them: with QEMU,
+/// `vhost-device-vsock` runs as the pod's id, so it must be installed where that id can
+/// execute it (not in root's home). Probed for real: `--version` as a free id of `range`.
+/// `Ok` says what confinement pods get; `Err` why pods would fail to start.
+pub async fn confinement(
+    range: Option<JailRange>,
+    backend: &Result<BackendChoice, String>,
+) -> Result<String, String> {
+    let Some(range) = range else {
+        return Ok("off (jail_ids = \"\"): the pods' hypervisor processes run as root".into());
+    };
+    let ids = format!("uids {}-{}", range.first, range.last());
+    match backend {
+        Ok(c) if c.backend == "qemu" => {}
+        Ok(c) => return Ok(format!("{} as one of {ids}, chrooted", c.backend)),
+        Err(_) => return Ok(format!("{ids} (no backend to check)")),
+    }
+    let id = crate::backend::jail::JailId::allocate(
+        range,
+        Path::new(crate::backend::jail::DEFAULT_LOCK_DIR),
+        "hull-check",
+    )
+    .map_err(|e| e.to_string())?;
+    let uid = id.id();
+    let run = tokio::process::Command::new(DEFAULT_VSOCK_DAEMON)
+        .arg("--version")
+        .uid(uid)
+        .gid(uid)
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(5), run).await {
+        Ok(Ok(out)) if out.status.success() => Ok(format!(
+            "qemu and {DEFAULT_VSOCK_DAEMON} as one of {ids} (qemu chrooted)"
+        )),
+        Ok(Ok(out)) => Err(format!(
+            "{DEFAULT_VSOCK_DAEMON} --version as uid {uid} exited with {}",
+            out.status
+        )),
+        Ok(Err(e)) => Err(format!(
+            "{DEFAULT_VSOCK_DAEMON} cannot be run as uid {uid} ({e}): install it where every \
+             user can run it (e.g. /usr/local/bin), or set jail_ids = \"\""
+        )),
+        Err(_) => Err(format!(
+            "{DEFAULT_VSOCK_DAEMON} --version as uid {uid} did not answer within 5 s"
+        )),
+    }
+}
+
 /// Finds `name` in PATH (or takes it as a path if it has a `/`).
 pub fn which(name: &str) -> Option<PathBuf> {
     if name.contains('/') {

@@ -482,6 +482,11 @@ pub fn cleanup_dead(state_dir: &Path) {
             }
         }
     }
+    // The pod's id is free once its processes are dead; its lock file went with nobody.
+    if let Ok(lock) = std::fs::read(state_dir.join(crate::backend::jail::LOCK_RECORD)) {
+        use std::os::unix::ffi::OsStrExt;
+        crate::backend::jail::release_stale(Path::new(std::ffi::OsStr::from_bytes(&lock)));
+    }
     crate::util::unmount_all_under(state_dir);
     if let Err(e) = std::fs::remove_dir_all(state_dir) {
         if e.kind() != std::io::ErrorKind::NotFound {

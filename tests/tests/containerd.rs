@@ -595,6 +595,11 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
     let _ = c.ctr(&["container", "rm", "hull-t-shimkill"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_pod_gone("hull-t-shimkill");
+    // The killed shim's id lock: released by the lock's death, its file by the cleanup.
+    let locks: Vec<_> = std::fs::read_dir("/run/hull/.jail")
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(locks.is_empty(), "id locks left: {locks:?}");
 }
 
 fn nix_kill9(pid: u32) {

@@ -198,6 +198,30 @@ impl JailId {
     }
 }
 
+/// The file in a pod's state directory that names its id's lock, for [`release_stale`]
+/// after the pod's owner died.
+pub const LOCK_RECORD: &str = "jail-lock";
+
+/// Removes the lock file at `path` if nobody holds it: what a killed shim leaves behind
+/// (the lock itself died with it). A lock some live pod holds is left alone.
+pub fn release_stale(path: &Path) {
+    let Ok(file) = File::open(path) else {
+        return;
+    };
+    if !matches!(try_lock(&file), Ok(true)) {
+        return;
+    }
+    let ours = file.metadata().map(|m| m.ino()).ok();
+    let current = std::fs::metadata(path).map(|m| m.ino()).ok();
+    if ours.is_some() && ours == current {
+        // Unlinked while we hold it: an allocator that opened it meanwhile finds the inode
+        // gone from the path and moves on.
+        if let Err(e) = std::fs::remove_file(path) {
+            log::warn!("removing the stale lock {}: {e}", path.display());
+        }
+    }
+}
+
 /// Takes `spec`'s pod an id and gives it the pod's vsock directory (so its sockets can be
 /// bound and removed there, and it can be a chroot) and the shim's guest-connection
 /// listeners (so the guest can still connect to the host).
@@ -207,6 +231,13 @@ pub fn for_pod(
     spec: &super::LaunchSpec,
 ) -> Result<JailId, JailError> {
     let id = JailId::allocate(range, lock_dir, &spec.id)?;
+    let record = spec.state_dir.join(LOCK_RECORD);
+    std::fs::write(&record, id.path.as_os_str().as_encoded_bytes()).map_err(|source| {
+        JailError::Lock {
+            path: record,
+            source,
+        }
+    })?;
     id.give(&spec.vsock_dir())?;
     for listener in &spec.guest_listeners {
         id.give(listener)?;
@@ -287,6 +318,24 @@ mod tests {
         assert!(try_lock(&stale).unwrap(), "the stale inode is free to lock");
         assert!(JailId::allocate(range, dir.path(), "y").is_err());
         drop(holder);
+    }
+
+    #[test]
+    fn a_stale_lock_file_is_removed_and_a_held_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = JailRange::parse("11-11").unwrap();
+        let held = JailId::allocate(range, dir.path(), "live").unwrap();
+        release_stale(&held.path);
+        assert!(held.path.exists(), "a live pod's lock was removed");
+        let path = held.path.clone();
+        // A killed holder: the file stays, its lock is gone.
+        let left = File::create(dir.path().join("12.lock")).unwrap();
+        drop(left);
+        release_stale(&dir.path().join("12.lock"));
+        assert!(!dir.path().join("12.lock").exists());
+        release_stale(&dir.path().join("13.lock")); // none: nothing to do
+        drop(held);
+        assert!(!path.exists());
     }
 
     #[test]

@@ -365,6 +365,7 @@ async fn main() -> ExitCode {
                 );
             }
             let report = check::run(resolved.request, &resolved.config.image).await;
+            let confinement = check::confinement(resolved.config.jail_ids, &report.backend).await;
             if json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => println!("{s}"),
@@ -372,8 +373,12 @@ async fn main() -> ExitCode {
                 }
             } else {
                 print_check(&report);
+                match &confinement {
+                    Ok(c) => println!("confined:   {c}"),
+                    Err(e) => println!("confined:   PROBLEM — {e}"),
+                }
             }
-            return if report.ready() {
+            return if report.ready() && confinement.is_ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
