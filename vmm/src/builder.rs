@@ -253,6 +253,7 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
     }
     for (i, disk) in res.block.iter().enumerate() {
         let dev = Block::open(&disk.path, disk.read_only, &format!("hull-blk{i}"))?;
+        metrics.block.push(dev.metrics());
         virtio.push(add_virtio_device(
             &vm_fd,
             mem,
@@ -265,6 +266,7 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
     if let (Some(tap), Some(net)) = (tap, &res.net) {
         log::debug!("virtio-net on tap {}", tap.name());
         let dev = Net::new(tap.into_file(), net.mac).map_err(BuildError::EventFd)?;
+        metrics.net = Some(dev.metrics());
         virtio.push(add_virtio_device(
             &vm_fd,
             mem,

@@ -2,13 +2,14 @@
 //! command ([`crate::api`]).
 //!
 //! Each counter set is a struct of atomics owned (through an `Arc`) by what it counts: every
-//! vCPU has a [`VcpuMetrics`], the vsock device a [`VsockMetrics`], the console a
-//! [`ConsoleMetrics`]. Updates are single `Relaxed` additions on paths that already cost a VM
+//! vCPU has a [`VcpuMetrics`], the vsock device a [`VsockMetrics`], each disk a
+//! [`BlockMetrics`], the NIC a [`NetMetrics`], the console a [`ConsoleMetrics`]. Updates are single `Relaxed` additions on paths that already cost a VM
 //! exit or a system call, so counting is always on. [`Metrics`] only collects the `Arc`s and
 //! turns them into a serialisable [`MetricsSnapshot`]; a snapshot is not atomic across
 //! counters (each value is read once, while the guest may keep running).
 //!
-//! Not here: histograms, per-queue counters, a push/flush mechanism (the client polls).
+//! Not here: histograms, per-queue counters, virtio-fs traffic (virtiofsd's own), a
+//! push/flush mechanism (the client polls).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,6 +66,40 @@ pub struct VsockMetrics {
     pub tx_dropped: AtomicU64,
 }
 
+/// One virtio-blk disk's requests (counted when the request completes).
+#[derive(Debug, Default)]
+pub struct BlockMetrics {
+    /// Completed reads (IN).
+    pub reads: AtomicU64,
+    /// Bytes read into the guest.
+    pub read_bytes: AtomicU64,
+    /// Completed writes (OUT).
+    pub writes: AtomicU64,
+    /// Bytes written to the disk.
+    pub write_bytes: AtomicU64,
+    /// Completed flushes.
+    pub flushes: AtomicU64,
+    /// Requests that failed (malformed, unsupported, out of range, I/O errors).
+    pub failed: AtomicU64,
+}
+
+/// The virtio-net device's frames. RX is tap → guest, TX guest → tap.
+#[derive(Debug, Default)]
+pub struct NetMetrics {
+    /// Frames delivered to the guest.
+    pub rx_frames: AtomicU64,
+    /// Their bytes (without the vnet header).
+    pub rx_bytes: AtomicU64,
+    /// Frames from the tap dropped because they did not fit the guest's buffers.
+    pub rx_dropped: AtomicU64,
+    /// Frames the tap took from the guest.
+    pub tx_frames: AtomicU64,
+    /// Their bytes (without the vnet header).
+    pub tx_bytes: AtomicU64,
+    /// Guest frames the tap refused, and malformed TX chains.
+    pub tx_dropped: AtomicU64,
+}
+
 /// The serial console's output.
 #[derive(Debug, Default)]
 pub struct ConsoleMetrics {
@@ -79,6 +114,10 @@ pub struct Metrics {
     pub vcpus: Vec<Arc<VcpuMetrics>>,
     /// The vsock device's, if the VM has one.
     pub vsock: Option<Arc<VsockMetrics>>,
+    /// The disks', in order (vda, vdb, ...).
+    pub block: Vec<Arc<BlockMetrics>>,
+    /// The NIC's, if the VM has one.
+    pub net: Option<Arc<NetMetrics>>,
     /// The console's.
     pub console: Option<Arc<ConsoleMetrics>>,
 }
@@ -130,6 +169,40 @@ pub struct VsockCounts {
     pub tx_dropped: u64,
 }
 
+/// One disk's counters, as read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BlockCounts {
+    /// Completed reads.
+    pub reads: u64,
+    /// Bytes read into the guest.
+    pub read_bytes: u64,
+    /// Completed writes.
+    pub writes: u64,
+    /// Bytes written to the disk.
+    pub write_bytes: u64,
+    /// Completed flushes.
+    pub flushes: u64,
+    /// Failed requests.
+    pub failed: u64,
+}
+
+/// The NIC's counters, as read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetCounts {
+    /// Frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Tap frames too large for the guest's buffers.
+    pub rx_dropped: u64,
+    /// Guest frames the tap took.
+    pub tx_frames: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Guest frames dropped.
+    pub tx_dropped: u64,
+}
+
 /// Every counter, read once; what `metrics` returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MetricsSnapshot {
@@ -139,6 +212,10 @@ pub struct MetricsSnapshot {
     pub first_kvm_run: Option<FirstRun>,
     /// vsock traffic; `None` without a vsock device.
     pub vsock: Option<VsockCounts>,
+    /// Each disk's requests, in order.
+    pub block: Vec<BlockCounts>,
+    /// NIC traffic; `None` without a NIC.
+    pub net: Option<NetCounts>,
     /// Console bytes written by the guest.
     pub console_bytes: u64,
 }
@@ -181,6 +258,26 @@ impl Metrics {
                 tx_bytes: get(&v.tx_bytes),
                 tx_dropped: get(&v.tx_dropped),
             }),
+            block: self
+                .block
+                .iter()
+                .map(|b| BlockCounts {
+                    reads: get(&b.reads),
+                    read_bytes: get(&b.read_bytes),
+                    writes: get(&b.writes),
+                    write_bytes: get(&b.write_bytes),
+                    flushes: get(&b.flushes),
+                    failed: get(&b.failed),
+                })
+                .collect(),
+            net: self.net.as_ref().map(|n| NetCounts {
+                rx_frames: get(&n.rx_frames),
+                rx_bytes: get(&n.rx_bytes),
+                rx_dropped: get(&n.rx_dropped),
+                tx_frames: get(&n.tx_frames),
+                tx_bytes: get(&n.tx_bytes),
+                tx_dropped: get(&n.tx_dropped),
+            }),
             console_bytes: self.console.as_ref().map_or(0, |c| get(&c.bytes)),
         }
     }
@@ -219,9 +316,14 @@ mod tests {
         add(&a.interrupted, 2);
         let console = Arc::new(ConsoleMetrics::default());
         add(&console.bytes, 42);
+        let disk = Arc::new(BlockMetrics::default());
+        add(&disk.writes, 2);
+        add(&disk.write_bytes, 8192);
         let m = Metrics {
             vcpus: vec![a.clone(), b],
             vsock: None,
+            block: vec![disk],
+            net: None,
             console: Some(console),
         };
         let s = m.snapshot();
@@ -243,6 +345,11 @@ mod tests {
         let json = serde_json::to_string(&m.snapshot()).unwrap();
         assert!(json.contains(r#""io_out":7"#), "{json}");
         assert!(json.contains(r#""vsock":null"#), "{json}");
+        assert!(json.contains(r#""net":null"#), "{json}");
+        assert!(
+            json.contains(r#""block":[{"reads":0,"read_bytes":0,"writes":2,"write_bytes":8192"#),
+            "{json}"
+        );
     }
 
     #[test]

@@ -303,6 +303,11 @@ fn block_devices_follow_vsock_on_the_command_line_and_a_missing_image_is_named()
     let want = b"console=ttyS0 reboot=t virtio_mmio.device=4K@0xd0000000:5 \
         virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7\0";
     Guest(vm.memory()).assert_cmdline(want);
+    // Each disk has its counters in the control socket's metrics, in order.
+    let m = vm.device_metrics();
+    assert_eq!(m.block.len(), 2);
+    assert_eq!((m.block[0].reads, m.block[1].failed), (0, 0));
+    assert!(m.vsock.is_some() && m.net.is_none());
     drop(vm);
     res.vsock_uds = None;
     res.block[1].path = dir.path().join("gone.img");

@@ -96,6 +96,12 @@ impl Vm {
         self.vcpus.get(usize::from(index)).map(Vcpu::fd)
     }
 
+    /// The devices' and console's counters as the builder wired them (vCPU counters join
+    /// when the VM runs; the control socket's `metrics` reads them all).
+    pub fn device_metrics(&self) -> crate::metrics::MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
     /// Runs the guest until it ends, without seccomp filters; returns why.
     pub fn run(self) -> Result<ExitReason, RunError> {
         self.run_sandboxed(None)

@@ -17,9 +17,10 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::request::{self, Disk};
+use super::request::{self, Disk, Kind};
 use crate::devices::virtio::guest_errors::{pop_chain, GuestErrors};
 use crate::devices::virtio::{worker, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::metrics::{self, BlockMetrics};
 
 /// The virtio device id of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -62,6 +63,7 @@ pub struct Block {
     config: [u8; 24],
     queue_events: Vec<EventFd>,
     disk: Option<Disk>,
+    metrics: Arc<BlockMetrics>,
 }
 
 impl Block {
@@ -124,7 +126,13 @@ impl Block {
             config,
             queue_events,
             disk: Some(disk),
+            metrics: Arc::default(),
         })
+    }
+
+    /// The disk's request counters (shared with its worker once active).
+    pub fn metrics(&self) -> Arc<BlockMetrics> {
+        self.metrics.clone()
     }
 }
 
@@ -161,6 +169,7 @@ impl VirtioDevice for Block {
             .try_clone()
             .map_err(ActivateError::Spawn)?;
         let mut state = Worker::new(mem, queues, interrupt, disk)?;
+        state.metrics = self.metrics.clone();
         worker::spawn("virtio-blk", move || state.run(&event))
     }
 }
@@ -173,6 +182,7 @@ pub struct Worker {
     interrupt: Arc<Interrupt>,
     disk: Disk,
     errors: GuestErrors,
+    metrics: Arc<BlockMetrics>,
 }
 
 impl Worker {
@@ -191,7 +201,13 @@ impl Worker {
             interrupt,
             disk,
             errors: GuestErrors::new("virtio-blk"),
+            metrics: Arc::default(),
         })
+    }
+
+    /// What it has done so far.
+    pub fn metrics(&self) -> &BlockMetrics {
+        &self.metrics
     }
 
     /// Requests that failed validation or I/O, and broken avail rings, so far.
@@ -212,11 +228,25 @@ impl Worker {
         let mut used = false;
         while let Some(chain) = pop_chain(&mut self.queue, &self.mem, &mut self.errors) {
             let head = chain.head_index();
-            let (len, err) = request::process(&self.mem, chain, &mut self.disk);
-            if let Some(e) = err {
-                self.errors.record(format_args!("request failed: {e}"));
+            let done = request::process(&self.mem, chain, &mut self.disk);
+            let m = &*self.metrics;
+            match (&done.error, done.request) {
+                (Some(e), _) => {
+                    metrics::add(&m.failed, 1);
+                    self.errors.record(format_args!("request failed: {e}"));
+                }
+                (None, Some((Kind::In, n))) => {
+                    metrics::add(&m.reads, 1);
+                    metrics::add(&m.read_bytes, n);
+                }
+                (None, Some((Kind::Out, n))) => {
+                    metrics::add(&m.writes, 1);
+                    metrics::add(&m.write_bytes, n);
+                }
+                (None, Some((Kind::Flush, _))) => metrics::add(&m.flushes, 1),
+                (None, Some((Kind::GetId, _)) | None) => {}
             }
-            if let Err(e) = self.queue.add_used(&self.mem, head, len) {
+            if let Err(e) = self.queue.add_used(&self.mem, head, done.used_len) {
                 self.errors.record(format_args!("returning a request: {e}"));
             }
             used = true;
@@ -273,6 +303,7 @@ mod tests {
     /// Two requests through a real queue in guest memory: both used, one interrupt.
     #[test]
     fn worker_drains_the_queue_and_interrupts_once() {
+        use std::sync::atomic::Ordering::Relaxed;
         let m = mem();
         let (_f, d) = disk(8, false);
         let q = MockSplitQueue::create(&m, GuestAddress(0), 16);
@@ -326,6 +357,13 @@ mod tests {
         assert_eq!(m.read_obj::<u32>(used.unchecked_add(8)).unwrap(), 513);
         assert_eq!(m.read_obj::<u32>(used.unchecked_add(16)).unwrap(), 1);
         assert_eq!(w.malformed(), 1);
+        // Counted: one 512-byte read, one failed (unsupported) request.
+        let c = w.metrics();
+        assert_eq!(
+            (c.reads.load(Relaxed), c.read_bytes.load(Relaxed)),
+            (1, 512)
+        );
+        assert_eq!((c.writes.load(Relaxed), c.failed.load(Relaxed)), (0, 1));
         // Nothing new: no interrupt.
         w.process();
         assert!(irq.read().is_err());

@@ -384,19 +384,38 @@ impl Request {
     }
 }
 
-/// Handles one chain completely: parses it, executes it, writes the status byte. Returns
-/// the used length for the used ring and the error, if the request failed.
+/// What one chain came to.
+#[derive(Debug)]
+pub struct Completion {
+    /// The used length for the used ring.
+    pub used_len: u32,
+    /// The request and its data length, if the chain parsed.
+    pub request: Option<(Kind, u64)>,
+    /// Why it failed, if it did.
+    pub error: Option<RequestError>,
+}
+
+/// Handles one chain completely: parses it, executes it, writes the status byte.
 pub fn process(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     disk: &mut Disk,
-) -> (u32, Option<RequestError>) {
-    let (status_addr, result) = match parse(mem, chain, disk.capacity, disk.read_only) {
-        Ok(req) => (Some(req.status), req.execute(mem, disk)),
-        Err(m) => (m.status, Err(m.error)),
+) -> Completion {
+    let (status_addr, request, result) = match parse(mem, chain, disk.capacity, disk.read_only) {
+        Ok(req) => (
+            Some(req.status),
+            Some((req.kind, req.data_len)),
+            req.execute(mem, disk),
+        ),
+        Err(m) => (m.status, None, Err(m.error)),
+    };
+    let done = |used_len, error| Completion {
+        used_len,
+        request,
+        error,
     };
     let Some(status_addr) = status_addr else {
-        return (0, result.err());
+        return done(0, result.err());
     };
     let (code, len, err) = match result {
         Ok(n) => (status::OK, n, None),
@@ -404,8 +423,8 @@ pub fn process(
     };
     // parse() checked the status byte is in guest memory; a failure here is still no panic.
     match mem.write_obj(code, status_addr) {
-        Ok(()) => (len.saturating_add(1), err),
-        Err(e) => (0, Some(RequestError::Io(e.to_string()))),
+        Ok(()) => done(len.saturating_add(1), err),
+        Err(e) => done(0, Some(RequestError::Io(e.to_string()))),
     }
 }
 
@@ -449,7 +468,23 @@ pub(crate) mod tests {
         m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
         let q = MockSplitQueue::new(m, 16);
         let chain = q.build_desc_chain(descs).unwrap();
-        process(m, chain, d)
+        let done = process(m, chain, d);
+        // A parsed request is reported with its kind and data length.
+        if let Some((kind, len)) = done.request {
+            let expected = match type_ {
+                req_type::IN => Kind::In,
+                req_type::OUT => Kind::Out,
+                req_type::FLUSH => Kind::Flush,
+                _ => Kind::GetId,
+            };
+            assert_eq!(kind, expected);
+            let total: u64 = descs
+                .iter()
+                .map(|d| u64::from(virtio_queue::desc::split::Descriptor::from(*d).len()))
+                .sum();
+            assert!(len <= total);
+        }
+        (done.used_len, done.error)
     }
 
     /// Runs a chain that must succeed (no error, status OK); returns the used length.
