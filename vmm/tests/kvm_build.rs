@@ -128,6 +128,23 @@ fn builder_loads_a_pvh_kernel_and_writes_boot_tables_through_real_kvm() {
             (0, 0xffff_ffff, 1, 0)
         );
         assert_eq!(sregs.gdt.base, 0x500);
+        // The GDT in guest memory is whole (the IDT after it does not overwrite its last,
+        // TSS, entry) and matches what TR and CS were loaded from.
+        let gdt_len = (usize::from(sregs.gdt.limit) + 1) / 8;
+        assert_eq!(gdt_len, 5);
+        assert_eq!(
+            mem.u64_at(0x500 + 8 * 4),
+            0x0000_8b00_0000_0067,
+            "TSS descriptor"
+        );
+        assert_eq!(
+            mem.u64_at(0x500 + u64::from(sregs.cs.selector)),
+            0x00cf_9b00_0000_ffff
+        );
+        assert!(
+            sregs.idt.base >= 0x500 + 8 * gdt_len as u64,
+            "IDT overlaps the GDT"
+        );
         let cpuid = fd.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES).unwrap();
         let leaf1 = cpuid.as_slice().iter().find(|e| e.function == 1).unwrap();
         assert_eq!(leaf1.ebx >> 24, u32::from(index), "APIC id of vCPU {index}");

@@ -2,7 +2,7 @@
 //! map, where the initramfs goes).
 //!
 //! ```text
-//! 0x0000_0500  GDT (boot segments)          0x0000_0520  IDT (empty)
+//! 0x0000_0500  GDT (boot segments, 5 × 8)   0x0000_0530  IDT (empty)
 //! 0x0000_6000  PVH hvm_start_info           0x0000_6040  PVH module list (initramfs)
 //! 0x0000_7000  PVH memory map (e820)        0x0000_8000  zero page (bzImage boot_params)
 //! 0x0002_0000  kernel command line
@@ -18,8 +18,9 @@ use vm_memory::GuestAddress;
 
 /// GDT with the boot segments.
 pub const BOOT_GDT_START: u64 = 0x500;
-/// An empty IDT (the kernel installs its own before enabling interrupts).
-pub const BOOT_IDT_START: u64 = 0x520;
+/// An empty IDT (the kernel installs its own before enabling interrupts), after the GDT's
+/// five entries (checked at compile time in `regs`).
+pub const BOOT_IDT_START: u64 = 0x530;
 /// PVH `hvm_start_info`.
 pub const PVH_INFO_START: u64 = 0x6000;
 /// PVH module list (one entry: the initramfs).

@@ -23,6 +23,8 @@ pub const BOOT_GDT: [u64; 5] = [
     gdt_entry(0xc093, 0, 0xfffff),
     gdt_entry(0x008b, 0, 0x67),
 ];
+// The GDT must end before the IDT that follows it in guest memory.
+const _: () = assert!(BOOT_GDT_START + 8 * BOOT_GDT.len() as u64 <= BOOT_IDT_START);
 const CODE_SELECTOR: u16 = 2 << 3;
 const DATA_SELECTOR: u16 = 3 << 3;
 const TSS_SELECTOR: u16 = 4 << 3;
