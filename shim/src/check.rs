@@ -206,6 +206,17 @@ pub async fn confinement(
         Ok(c) => return Ok(format!("{} as one of {ids}, chrooted", c.backend)),
         Err(_) => return Ok(format!("{ids} (no backend to check)")),
     }
+    let style = crate::backend::qemu_caps::privdrop(
+        Path::new(DEFAULT_QEMU),
+        Path::new(crate::backend::qemu_caps::CACHE_PATH),
+    )
+    .await?;
+    if style == crate::backend::qemu_caps::PrivDrop::Unsupported {
+        return Err(format!(
+            "{DEFAULT_QEMU} has neither -run-with user= nor -runas with -chroot, so it cannot \
+             drop to a pod's id; set jail_ids = \"\""
+        ));
+    }
     let id = crate::backend::jail::JailId::allocate(
         range,
         Path::new(crate::backend::jail::DEFAULT_LOCK_DIR),
@@ -221,7 +232,7 @@ pub async fn confinement(
         .output();
     match tokio::time::timeout(Duration::from_secs(5), run).await {
         Ok(Ok(out)) if out.status.success() => Ok(format!(
-            "qemu and {DEFAULT_VSOCK_DAEMON} as one of {ids} (qemu chrooted)"
+            "qemu (chrooted, {style:?}) and {DEFAULT_VSOCK_DAEMON} as one of {ids}"
         )),
         Ok(Ok(out)) => Err(format!(
             "{DEFAULT_VSOCK_DAEMON} --version as uid {uid} exited with {}",

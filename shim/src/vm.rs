@@ -302,10 +302,16 @@ impl Vm {
         // The vsock sockets get a directory of their own: a confined hull-vmm is chrooted
         // into it and sees nothing else of the pod's state.
         let vsock_dir = state.0.join(VSOCK_DIR);
-        std::fs::create_dir(&vsock_dir).map_err(|source| VmError::StateDir {
-            path: vsock_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir(&vsock_dir)
+            .and_then(|()| {
+                // Searchable by a pod's id (a chrooted hull-vmm reaches the listener in it),
+                // not listable; whatever the umask.
+                std::fs::set_permissions(&vsock_dir, std::fs::Permissions::from_mode(0o711))
+            })
+            .map_err(|source| VmError::StateDir {
+                path: vsock_dir.clone(),
+                source,
+            })?;
         let vsock_uds = vsock_dir.join("vsock.sock");
         let ready = vsock::listen(&vsock_uds, READY_VSOCK_PORT)?;
         let spec = LaunchSpec {

@@ -112,10 +112,48 @@ pub fn check_connect_reply(line: &str) -> Result<(), String> {
     }
 }
 
+/// Connects to the unix socket at `path` only if that name is a socket itself, not a
+/// symlink: the directory may belong to a pod's own uid (its vsock daemon creates the socket
+/// there), and a daemon the guest took over must not point the root shim at any other socket
+/// on the host. The name is opened once without following (`O_PATH | O_NOFOLLOW`) and the
+/// connection made through that descriptor (`/proc/self/fd/N` reaches the very inode), so
+/// the name cannot be swapped in between.
+pub async fn connect_socket_file(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a NUL-terminated path; open with O_PATH reads nothing else.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened by us and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let file = std::fs::File::from(fd);
+    use std::os::unix::fs::FileTypeExt;
+    // With O_PATH, O_NOFOLLOW opens a symlink itself rather than failing.
+    let kind = file.metadata()?.file_type();
+    if !kind.is_socket() {
+        let what = if kind.is_symlink() {
+            "is a symlink, not the socket (refused)"
+        } else {
+            "is not a unix socket (refused)"
+        };
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
+    }
+    UnixStream::connect(format!("/proc/self/fd/{}", file.as_raw_fd())).await
+}
+
 /// Connects to guest `port` through the hybrid vsock socket at `uds`.
 pub async fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, VsockError> {
     let handshake = async {
-        let mut s = UnixStream::connect(uds)
+        let mut s = connect_socket_file(uds)
             .await
             .map_err(|source| VsockError::Connect {
                 path: uds.to_path_buf(),
@@ -179,6 +217,33 @@ pub fn parse_ready_line(line: &str) -> Result<&str, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn only_a_socket_itself_is_connected_never_a_symlink_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("vsock.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let mut c = connect_socket_file(&sock).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        c.write_all(b"hi").await.unwrap();
+        let mut b = [0u8; 2];
+        use tokio::io::AsyncReadExt;
+        server.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"hi");
+        // What a taken-over daemon could put in its place: a link to another socket.
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&sock, &link).unwrap();
+        let e = connect_socket_file(&link).await.unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let e = connect_socket_file(&file).await.unwrap_err();
+        assert!(e.to_string().contains("not a unix socket"), "{e}");
+        let e = connect_socket_file(&dir.path().join("none"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn only_ok_replies_are_accepted() {

@@ -266,7 +266,8 @@ fn nix_is_root() -> bool {
 }
 
 /// Pids of live (non-zombie) processes whose command line (arguments joined by spaces)
-/// mentions `needle`.
+/// mentions `needle`, or whose working directory does (a confined vsock daemon runs inside
+/// the pod's vsock directory with relative paths).
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -283,9 +284,13 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
             continue;
         };
         // Arguments are NUL-separated; match against them joined by spaces.
+        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+        let cwd = cwd.to_string_lossy();
+        let cwd = cwd.strip_suffix(" (deleted)").unwrap_or(&cwd);
         if String::from_utf8_lossy(&cmdline)
             .replace('\0', " ")
             .contains(needle)
+            || format!("{cwd}/").contains(needle)
         {
             found.push(pid);
         }

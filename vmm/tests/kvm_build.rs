@@ -166,6 +166,7 @@ fn tiny_bzimage(version: u16) -> Vec<u8> {
     let put = support::put;
     put(&mut b, 0x1f1, &[1]); // setup_sects
     put(&mut b, 0x1fe, &0xaa55u16.to_le_bytes()); // boot_flag
+    put(&mut b, 0x200, &[0xeb, 0x6a]); // jmp over the header: it ends at 0x26c (2.15)
     put(&mut b, 0x202, b"HdrS");
     put(&mut b, 0x206, &version.to_le_bytes());
     put(&mut b, 0x211, &[1]); // loadflags: LOADED_HIGH

@@ -13,10 +13,9 @@
 //! gets a uid and gid of its own ([`super::jail`]), builds the VM as root (it opens
 //! `/dev/kvm`, the image, the console file, binds the vsock socket and connects to
 //! virtiofsd), then chroots into the pod's vsock directory and becomes that id
-//! (`--chroot`, `--uid`, `--gid`). The directory and the shim's `<uds>_<port>` listeners
-//! are given to the id first, so the guest can still open connections to the host and
-//! hull-vmm can remove its socket at exit. Without a range it runs with the shim's
-//! privileges.
+//! (`--chroot`, `--uid`, `--gid`). The shim's `<uds>_<port>` listeners are given to the id
+//! first, so the guest can still open connections to the host; the directory stays root's.
+//! Without a range it runs with the shim's privileges.
 //!
 //! Not here: network and block devices.
 
@@ -105,7 +104,9 @@ impl Hypervisor for HullVmm {
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn VmProcesses>, BackendError> {
         let jail = match self.jail {
-            Some(range) => Some(jail::for_pod(range, &self.jail_lock_dir, spec)?),
+            // hull-vmm binds its socket as root before the chroot and creates nothing there
+            // afterwards: the directory stays root's.
+            Some(range) => Some(jail::for_pod(range, &self.jail_lock_dir, spec, false)?),
             None => None,
         };
         let mut args = hull_vmm_args(spec);

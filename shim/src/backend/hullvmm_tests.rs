@@ -227,11 +227,11 @@ fn uid_of(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().uid()
 }
 
-/// The jail as the shim sets it up: the pod's id owns the vsock directory and the
-/// listener, hull-vmm gets the flags, the id's lock lives as long as the VM, and nothing is
+/// The jail as the shim sets it up: the pod's id owns the listener (not the vsock
+/// directory), hull-vmm gets the flags, the id's lock lives as long as the VM, and nothing is
 /// left once it is gone. Needs root (chown), as the shim has.
 #[tokio::test]
-async fn a_jailed_launch_hands_the_vsock_directory_and_listener_to_the_pod_id_and_frees_it() {
+async fn a_jailed_hull_vmm_gets_the_listener_not_the_vsock_directory_and_its_id_is_freed() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "this test needs root (chown), as the shim");
@@ -260,9 +260,13 @@ async fn a_jailed_launch_hands_the_vsock_directory_and_listener_to_the_pod_id_an
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let id = uid_of(&t.state.join("vsock"));
-    assert!((60000..=60001).contains(&id), "vsock dir owned by {id}");
-    assert_eq!(uid_of(&s.guest_listeners[0]), id, "the listener");
+    let id = uid_of(&s.guest_listeners[0]);
+    assert!(
+        (60000..=60001).contains(&id),
+        "the listener is owned by {id}"
+    );
+    // hull-vmm creates nothing there after its chroot: the directory stays root's.
+    assert_eq!(uid_of(&t.state.join("vsock")), 0, "the vsock dir");
     assert!(
         args.contains(&format!(
             "--uid {id} --gid {id} --chroot {}",
@@ -278,7 +282,7 @@ async fn a_jailed_launch_hands_the_vsock_directory_and_listener_to_the_pod_id_an
     std::fs::create_dir(other.path().join("vsock")).unwrap();
     let _l2 = std::os::unix::net::UnixListener::bind(&s2.guest_listeners[0]).unwrap();
     let mut vm2 = hv.launch(&s2).await.unwrap();
-    assert_eq!(uid_of(&other.path().join("vsock")), 60001 - (id - 60000));
+    assert_eq!(uid_of(&s2.guest_listeners[0]), 60001 - (id - 60000));
     let e = hv.launch(&s2).await.unwrap_err();
     assert!(e.to_string().contains("jail range 60000-60001"), "{e}");
     vm.terminate().await;
@@ -322,7 +326,11 @@ async fn hull_vmm_boots_the_guest_image_with_a_share_and_shuts_it_down() {
         .find(|l| l.starts_with("Uid:"))
         .unwrap()
         .to_string();
-    let id = uid_of(&vm.state_dir().join(crate::vm::VSOCK_DIR));
+    let id = uid_of(
+        &vm.state_dir()
+            .join(crate::vm::VSOCK_DIR)
+            .join("vsock.sock_1025"),
+    );
     assert!((61000..=61009).contains(&id), "{uids}");
     let id_text = id.to_string();
     assert_eq!(

@@ -1,13 +1,17 @@
 //! Per-pod identities for the processes that parse guest input: each pod's hypervisor
 //! (hull-vmm or QEMU) and, with QEMU, its vsock daemon run as a uid (and gid of the same
 //! number) of their own, taken from a configured range, so a process that a hostile guest
-//! takes over can neither signal, trace nor read another pod's, nor touch anything root
-//! owns. They start as root (they open `/dev/kvm`, the image and the sockets) and drop to
+//! takes over can neither signal, trace nor read another pod's, nor touch what root keeps
+//! to itself. They start as root (they open `/dev/kvm`, the image and the sockets) and drop to
 //! the id before the guest runs ([`for_pod`] prepares what they still need afterwards).
+//! hull-vmm and QEMU are also chrooted; the vsock daemon is not (it starts in its own
+//! directory, and can still read what any user can on the host).
 //!
-//! An id is held with an exclusive `flock` on `<lock dir>/<id>.lock` for as long as its pod's
-//! VM lives. The lock dies with the holder, so a shim that is killed frees its id without any
-//! cleanup; a [`JailId`] dropped normally also removes its lock file, so a quiet host has an
+//! An id is held with an exclusive `flock` on `<lock dir>/<id>.lock` by the pod's shim. The
+//! lock dies with the shim; the pod's processes may outlive it (until containerd's cleanup
+//! kills them), so an id some process still has is never handed out again ([`JailId::allocate`]
+//! scans `/proc`). A [`JailId`] dropped normally removes its lock file, and the cleanup
+//! after a killed shim removes the file it left ([`release_stale`]), so a quiet host has an
 //! empty lock directory. Because a file can be unlinked between another process's `open` and
 //! `flock`, a lock only counts if the locked file is still the one at the path (same inode).
 //!
@@ -48,7 +52,10 @@ pub enum JailError {
     #[error("{0:?} is not an id range FIRST-LAST (1 <= FIRST <= LAST <= 4294967294)")]
     BadRange(String),
     /// The lock directory could not be created.
-    #[error("creating the jail lock directory {path}: {source}")]
+    #[error(
+        "creating the jail lock directory {path}: {source} (confining pods to their own ids \
+         needs root; jail_ids = \"\" turns it off)"
+    )]
     LockDir {
         /// The directory.
         path: PathBuf,
@@ -70,6 +77,17 @@ pub enum JailError {
         first: u32,
         /// The last id.
         last: u32,
+    },
+    /// The pod's vsock sockets would lie in the state directory itself.
+    #[error("the vsock directory {0} is the pod's state directory; it cannot be given away")]
+    VsockDirIsStateDir(PathBuf),
+    /// The lock's path could not be recorded in the pod's state directory.
+    #[error("recording the pod id's lock in {path}: {source}")]
+    Record {
+        /// The record file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
     },
     /// A socket or directory could not be handed to the pod's id.
     #[error("giving {path} to uid {id}: {source}")]
@@ -128,6 +146,31 @@ fn try_lock(file: &File) -> std::io::Result<bool> {
     }
 }
 
+/// Locks `file`, opened at `path`, if nobody holds it and it is still the file at `path`:
+/// the previous holder may have unlinked it between our open and our lock, and a lock on a
+/// file nobody else can find does not count.
+fn claim(file: &File, path: &Path) -> std::io::Result<bool> {
+    if !try_lock(file)? {
+        return Ok(false);
+    }
+    let ours = file.metadata()?.ino();
+    Ok(matches!(std::fs::metadata(path), Ok(m) if m.ino() == ours))
+}
+
+/// A process that has `id` as any of its user or group ids (real, effective, saved, fs).
+fn process_with_id(id: u32) -> Option<u32> {
+    let id = id.to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+        status
+            .lines()
+            .filter(|l| l.starts_with("Uid:") || l.starts_with("Gid:"))
+            .any(|l| l.split_whitespace().skip(1).any(|v| v == id))
+            .then_some(pid)
+    })
+}
+
 impl JailId {
     /// Takes a free id of `range`, starting the search at a slot derived from `pod`.
     pub fn allocate(range: JailRange, lock_dir: &Path, pod: &str) -> Result<JailId, JailError> {
@@ -142,9 +185,11 @@ impl JailId {
             .map_err(dir_err)?;
         let mut h = DefaultHasher::new();
         pod.hash(&mut h);
-        let start = (h.finish() % u64::from(range.count)) as u32;
-        for step in 0..range.count {
-            let id = range.first + (start + step) % range.count;
+        let count = u64::from(range.count);
+        let start = h.finish() % count;
+        for step in 0..count {
+            // In u64: first + (a value below count) fits u32 by JailRange's invariant.
+            let id = range.first + ((start + step) % count) as u32;
             let path = lock_dir.join(format!("{id}.lock"));
             let lock_err = |source| JailError::Lock {
                 path: path.clone(),
@@ -157,22 +202,24 @@ impl JailId {
                 .mode(0o600)
                 .open(&path)
                 .map_err(lock_err)?;
-            if !try_lock(&lock).map_err(lock_err)? {
+            if !claim(&lock, &path).map_err(lock_err)? {
                 continue;
             }
-            // The previous holder may have unlinked the file between our open and our lock:
-            // then the lock is on a file nobody else can find, and does not count.
-            let ours = lock.metadata().map_err(lock_err)?.ino();
-            match std::fs::metadata(&path) {
-                Ok(m) if m.ino() == ours => {
-                    return Ok(JailId {
-                        id,
-                        path,
-                        _lock: lock,
-                    })
-                }
-                _ => continue,
+            // The lock dies with the shim that held it, but the pod's processes may outlive
+            // it (a shim killed before anyone cleaned up): an id some process still has is
+            // not free. Nobody else can take it while we hold the lock, and nothing can
+            // become it without root.
+            if let Some(pid) = process_with_id(id) {
+                log::warn!("pod id {id} is still used by pid {pid} (a dead pod's?); skipping it");
+                // Ours while locked, so removing it is safe; the next allocator recreates it.
+                let _ = std::fs::remove_file(&path);
+                continue;
             }
+            return Ok(JailId {
+                id,
+                path,
+                _lock: lock,
+            });
         }
         Err(JailError::Exhausted {
             first: range.first,
@@ -186,9 +233,9 @@ impl JailId {
     }
 
     /// Gives `path` (a socket the VMM must connect to, or the directory it is confined to)
-    /// to this id.
+    /// to this id; a symlink is given itself, never what it points to.
     pub fn give(&self, path: &Path) -> Result<(), JailError> {
-        std::os::unix::fs::chown(path, Some(self.id), Some(self.id)).map_err(|source| {
+        std::os::unix::fs::lchown(path, Some(self.id), Some(self.id)).map_err(|source| {
             JailError::Chown {
                 path: path.to_path_buf(),
                 id: self.id,
@@ -205,6 +252,16 @@ pub const LOCK_RECORD: &str = "jail-lock";
 /// Removes the lock file at `path` if nobody holds it: what a killed shim leaves behind
 /// (the lock itself died with it). A lock some live pod holds is left alone.
 pub fn release_stale(path: &Path) {
+    // Only ever a lock file: `<id>.lock`.
+    let is_lock = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".lock"))
+        .is_some_and(|id| id.parse::<u32>().is_ok());
+    if !is_lock {
+        log::warn!("not removing {}: not an id lock", path.display());
+        return;
+    }
     let Ok(file) = File::open(path) else {
         return;
     };
@@ -222,25 +279,36 @@ pub fn release_stale(path: &Path) {
     }
 }
 
-/// Takes `spec`'s pod an id and gives it the pod's vsock directory (so its sockets can be
-/// bound and removed there, and it can be a chroot) and the shim's guest-connection
-/// listeners (so the guest can still connect to the host).
+/// Takes `spec`'s pod an id and gives it the shim's guest-connection listeners (so the guest
+/// can still connect to the host) and, if `owns_dir`, the pod's vsock directory (for a
+/// daemon that creates its sockets there). A process that owns the directory can replace the
+/// names in it, so the shim connects there only to what is a socket itself
+/// ([`crate::vsock::connect_socket_file`]). Records the lock's path in the state directory
+/// for [`release_stale`].
 pub fn for_pod(
     range: JailRange,
     lock_dir: &Path,
     spec: &super::LaunchSpec,
+    owns_dir: bool,
 ) -> Result<JailId, JailError> {
+    let dir = spec.vsock_dir();
+    if dir == spec.state_dir {
+        // Giving it away would give away the state directory (and the lock record).
+        return Err(JailError::VsockDirIsStateDir(dir));
+    }
     let id = JailId::allocate(range, lock_dir, &spec.id)?;
     let record = spec.state_dir.join(LOCK_RECORD);
     std::fs::write(&record, id.path.as_os_str().as_encoded_bytes()).map_err(|source| {
-        JailError::Lock {
+        JailError::Record {
             path: record,
             source,
         }
     })?;
-    id.give(&spec.vsock_dir())?;
     for listener in &spec.guest_listeners {
         id.give(listener)?;
+    }
+    if owns_dir {
+        id.give(&dir)?;
     }
     Ok(id)
 }
@@ -308,16 +376,53 @@ mod tests {
     #[test]
     fn a_lock_on_a_file_that_was_unlinked_meanwhile_does_not_count() {
         let dir = tempfile::tempdir().unwrap();
-        let range = JailRange::parse("42-42").unwrap();
-        // A stale inode: opened, then its path unlinked and recreated by someone else who
-        // holds the new file's lock.
         let path = dir.path().join("42.lock");
+        // Opened, then unlinked (by its previous holder) and recreated by someone else.
         let stale = File::create(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
-        let holder = JailId::allocate(range, dir.path(), "x").unwrap();
-        assert!(try_lock(&stale).unwrap(), "the stale inode is free to lock");
-        assert!(JailId::allocate(range, dir.path(), "y").is_err());
-        drop(holder);
+        let fresh = File::create(&path).unwrap();
+        assert!(
+            !claim(&stale, &path).unwrap(),
+            "a lock on the unlinked inode counted"
+        );
+        assert!(claim(&fresh, &path).unwrap());
+        // Held: nobody else claims it.
+        let again = File::open(&path).unwrap();
+        assert!(!claim(&again, &path).unwrap());
+    }
+
+    #[test]
+    fn an_id_a_live_process_still_has_is_skipped() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "this test needs root (to start a process as another id)"
+        );
+        use std::os::unix::process::CommandExt;
+        let mut orphan = std::process::Command::new("sleep")
+            .arg("30")
+            .uid(60200)
+            .gid(60200)
+            .spawn()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let range = JailRange::parse("60200-60201").unwrap();
+        let a = JailId::allocate(range, dir.path(), "p").unwrap();
+        assert_eq!(
+            a.id(),
+            60201,
+            "the id a process still runs as was handed out"
+        );
+        assert!(JailId::allocate(range, dir.path(), "q").is_err());
+        assert!(
+            !dir.path().join("60200.lock").exists(),
+            "the skipped id's file stays"
+        );
+        orphan.kill().unwrap();
+        orphan.wait().unwrap();
+        let b = JailId::allocate(range, dir.path(), "q").unwrap();
+        assert_eq!(b.id(), 60200);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod hullvmm;
 pub mod jail;
 pub mod qemu;
+pub mod qemu_caps;
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -68,10 +69,7 @@ pub enum BackendError {
         source: std::io::Error,
     },
     /// A host binary could not be started as a pod's own id.
-    #[error(
-        "starting {program} as uid {id}: {source} (install it where every user can run it, \
-         e.g. /usr/local/bin, or set jail_ids = \"\" to run it as root)"
-    )]
+    #[error("starting {program} as uid {id}: {source}{hint}", hint = spawn_as_hint(source))]
     SpawnAs {
         /// The program.
         program: PathBuf,
@@ -79,6 +77,17 @@ pub enum BackendError {
         id: u32,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// The QEMU installed cannot drop to a pod's own id.
+    #[error(
+        "{program} cannot be confined to a pod's own id ({reason}); set jail_ids = \"\" to \
+         run it as root"
+    )]
+    QemuCannotConfine {
+        /// The QEMU binary.
+        program: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// A helper process exited or failed to come up before the VM could start.
     #[error("{program} did not come up: {reason}")]
@@ -117,6 +126,19 @@ pub enum BackendError {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+/// What to do about a program a pod's id could not start: only a permission problem has a
+/// fix to suggest.
+fn spawn_as_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EACCES) => {
+            " (install it where every user can run it, e.g. /usr/local/bin, or set \
+             jail_ids = \"\" to run it as root)"
+        }
+        Some(libc::EPERM) => " (changing to a pod's id needs root, as the shim has)",
+        _ => "",
+    }
 }
 
 /// A hypervisor that can start VMs.

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use tokio::process::{Child, Command};
 
 use super::jail::{self, JailId, JailRange, DEFAULT_LOCK_DIR};
+use super::qemu_caps::{self, PrivDrop};
 use super::{BackendError, Hypervisor, LaunchSpec, VmProcesses};
 use crate::util::tail_of_file;
 
@@ -118,8 +119,9 @@ pub(super) fn virtiofs_socket(spec: &LaunchSpec) -> PathBuf {
 }
 
 /// QEMU's command line for `spec` (without the binary); with `jail`, QEMU becomes that
-/// uid/gid in [`qemu_root`] once it has opened everything, before the guest runs.
-pub fn qemu_args(spec: &LaunchSpec, accel: Accel, jail: Option<u32>) -> Vec<String> {
+/// uid/gid in [`qemu_root`] once it has opened everything, before the guest runs, with the
+/// options its version has ([`PrivDrop`]).
+pub fn qemu_args(spec: &LaunchSpec, accel: Accel, jail: Option<(u32, PrivDrop)>) -> Vec<String> {
     let mem = format!("{}M", spec.memory_mib);
     let cpu = match accel {
         Accel::Kvm => "host",
@@ -155,9 +157,9 @@ pub fn qemu_args(spec: &LaunchSpec, accel: Accel, jail: Option<u32>) -> Vec<Stri
         "-sandbox",
         &format!("on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"),
     ]);
-    if let Some(id) = jail {
-        push(&["-runas", &format!("{id}:{id}")]);
-        push(&["-chroot", &qemu_root(spec).display().to_string()]);
+    if let Some((id, style)) = jail {
+        let drop = style.args(id, &qemu_root(spec));
+        push(&drop.iter().map(String::as_str).collect::<Vec<_>>());
     }
     push(&[
         "-chardev",
@@ -272,10 +274,11 @@ fn spawn_logged(
                 id,
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
             })?;
+            let shim = std::process::id();
             // SAFETY: the closure runs in the forked child before exec, where only
-            // async-signal-safe calls are allowed: it makes only chdir, setgroups, setresgid
-            // and setresuid, on a path and ids prepared before the fork, and allocates
-            // nothing (an OS error is a plain code).
+            // async-signal-safe calls are allowed: it makes only chdir, setgroups, setresgid,
+            // setresuid, prctl and getppid, on a path and ids prepared before the fork, and
+            // allocates nothing (an OS error is a plain code).
             unsafe {
                 cmd.pre_exec(move || {
                     let ok = |rc: libc::c_int| match rc {
@@ -285,7 +288,14 @@ fn spawn_logged(
                     ok(libc::chdir(dir.as_ptr()))?;
                     ok(libc::setgroups(0, std::ptr::null()))?;
                     ok(libc::setresgid(id, id, id))?;
-                    ok(libc::setresuid(id, id, id))
+                    ok(libc::setresuid(id, id, id))?;
+                    // Dies with the shim (after the id change, which would clear it): an
+                    // unchrooted process of a dead pod must not linger with its id.
+                    ok(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+                    if libc::getppid() as u32 != shim {
+                        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                    }
+                    Ok(())
                 });
             }
         }
@@ -312,7 +322,8 @@ impl Hypervisor for Qemu {
     async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn VmProcesses>, BackendError> {
         let jail = match self.jail {
             Some(range) => {
-                let id = jail::for_pod(range, &self.jail_lock_dir, spec)?;
+                // The vsock daemon creates its sockets in the directory: it gets it.
+                let id = jail::for_pod(range, &self.jail_lock_dir, spec, true)?;
                 let root = qemu_root(spec);
                 std::fs::create_dir(&root)
                     .map_err(|source| BackendError::StateFile { path: root, source })?;
@@ -321,6 +332,25 @@ impl Hypervisor for Qemu {
             None => None,
         };
         let run_as = jail.as_ref().map(JailId::id);
+        let qemu_jail = match run_as {
+            None => None,
+            Some(id) => {
+                let cannot = |reason| BackendError::QemuCannotConfine {
+                    program: self.binary.clone(),
+                    reason,
+                };
+                match qemu_caps::privdrop(&self.binary, Path::new(qemu_caps::CACHE_PATH)).await {
+                    Ok(PrivDrop::Unsupported) => {
+                        return Err(cannot(
+                            "its -help shows neither -run-with user= nor -runas with -chroot"
+                                .into(),
+                        ))
+                    }
+                    Ok(style) => Some((id, style)),
+                    Err(reason) => return Err(cannot(reason)),
+                }
+            }
+        };
         // Helpers first: QEMU needs their vhost-user sockets to exist when it starts.
         let mut helpers = vec![
             Helper::start(
@@ -354,7 +384,7 @@ impl Hypervisor for Qemu {
         }
         let qemu = match Helper::spawn(
             &self.binary,
-            &qemu_args(spec, self.accel, run_as),
+            &qemu_args(spec, self.accel, qemu_jail),
             &spec.state_dir.join("qemu.log"),
             &StartAs::default(),
         ) {
@@ -612,9 +642,15 @@ mod tests {
         let open = qemu_args(&spec(), Accel::Tcg, None);
         assert!(value_of(&open, "-runas").is_empty() && value_of(&open, "-chroot").is_empty());
         assert!(value_of(&open, "-sandbox")[0].contains("elevateprivileges=deny"));
-        let a = qemu_args(&spec(), Accel::Tcg, Some(1_879_048_200));
+        let a = qemu_args(&spec(), Accel::Tcg, Some((1_879_048_200, PrivDrop::RunAs)));
         assert_eq!(value_of(&a, "-runas"), ["1879048200:1879048200"]);
         assert_eq!(value_of(&a, "-chroot"), ["/run/hull/t1/qemu-root"]);
+        let newer = qemu_args(&spec(), Accel::Tcg, Some((7, PrivDrop::RunWith)));
+        assert_eq!(
+            value_of(&newer, "-run-with"),
+            ["chroot=/run/hull/t1/qemu-root,user=7:7"]
+        );
+        assert!(value_of(&newer, "-runas").is_empty());
         // QEMU 7.2's -runas is killed by its own sandbox with elevateprivileges=deny.
         let sandbox = value_of(&a, "-sandbox")[0];
         assert!(sandbox.contains("elevateprivileges=allow"), "{sandbox}");

@@ -367,7 +367,14 @@ async fn main() -> ExitCode {
             let report = check::run(resolved.request, &resolved.config.image).await;
             let confinement = check::confinement(resolved.config.jail_ids, &report.backend).await;
             if json {
-                match serde_json::to_string_pretty(&report) {
+                let mut value = serde_json::to_value(&report).unwrap_or_default();
+                if let Some(o) = value.as_object_mut() {
+                    o.insert(
+                        "confinement".into(),
+                        serde_json::to_value(&confinement).unwrap_or_default(),
+                    );
+                }
+                match serde_json::to_string_pretty(&value) {
                     Ok(s) => println!("{s}"),
                     Err(e) => eprintln!("hull: {e}"),
                 }

@@ -114,9 +114,9 @@ pub fn initrd_address(low_ram_end: u64, kernel_end: u64, size: u64) -> Option<Gu
 }
 
 /// The end of the memory a bzImage claims before it reads the memory map: it decompresses
-/// to `pref_address` (`LOAD_PHYSICAL_ADDR`), or where it was loaded rounded up to
-/// `kernel_alignment` if that is higher, and uses `init_size` bytes from there (boot
-/// protocol 2.10+). `None` on overflow.
+/// to `pref_address` (`LOAD_PHYSICAL_ADDR`) or where it was loaded, whichever is higher,
+/// rounded up to `kernel_alignment`, and uses `init_size` bytes from there (boot protocol
+/// 2.10+). `None` on overflow.
 pub fn bzimage_end(
     kernel_load: u64,
     kernel_end: u64,
@@ -125,8 +125,7 @@ pub fn bzimage_end(
     init_size: u32,
 ) -> Option<u64> {
     let align = u64::from(kernel_alignment.max(1));
-    let loaded_aligned = kernel_load.checked_add(align - 1)? / align * align;
-    let start = pref_address.max(loaded_aligned);
+    let start = pref_address.max(kernel_load).checked_add(align - 1)? / align * align;
     Some(start.checked_add(u64::from(init_size))?.max(kernel_end))
 }
 
@@ -149,6 +148,11 @@ mod tests {
         assert_eq!(
             bzimage_end((32 << 20) + 1, 33 << 20, 16 << 20, 2 << 20, 1 << 20),
             Some(35 << 20)
+        );
+        // An unaligned pref_address (a hostile header) is rounded up too.
+        assert_eq!(
+            bzimage_end(1 << 20, 0, (16 << 20) + 1, 2 << 20, 1 << 20),
+            Some(19 << 20)
         );
         // A zero alignment (bad header) is taken as 1, and overflow is caught.
         assert_eq!(bzimage_end(1 << 20, 0, 0, 0, 4096), Some((1 << 20) + 4096));

@@ -157,6 +157,19 @@ pub enum Error {
         /// Its size.
         size: u64,
     },
+    /// The initramfs does not fit between the kernel and the bzImage's `initrd_addr_max`.
+    #[error(
+        "an initramfs of {size} bytes does not fit between the kernel's end ({kernel_end:#x}) \
+         and the bzImage's initrd_addr_max ({max:#x})"
+    )]
+    InitrdAboveMax {
+        /// Its size.
+        size: u64,
+        /// Where the kernel's memory ends.
+        kernel_end: u64,
+        /// The image's limit (inclusive).
+        max: u64,
+    },
     /// Writing a boot structure into guest memory failed.
     #[error("writing the {0} into guest memory: {1}")]
     WriteBootData(&'static str, vm_memory::GuestMemoryError),
@@ -221,8 +234,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEnt
         Some(KernelFormat::BzImage) => load_bzimage(mem, kernel)?,
         None => return Err(Error::UnknownKernelFormat),
     };
+    // Contiguous RAM from 1 MiB to the end: a range across the MMIO hole would not do.
     let needs = entry.end.raw_value();
-    if needs > 0 && !mem.address_in_range(GuestAddress(needs - 1)) {
+    let len = usize::try_from(needs.saturating_sub(layout::HIMEM_START))
+        .map_err(|_| Error::KernelTooLarge { needs })?;
+    if !mem.check_range(GuestAddress(layout::HIMEM_START), len) {
         return Err(Error::KernelTooLarge { needs });
     }
     Ok(entry)
@@ -245,9 +261,16 @@ fn load_bzimage(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEntry,
     let loaded = BzImage::load(mem, None, kernel, Some(GuestAddress(layout::HIMEM_START)))
         .map_err(Error::LoadKernel)?;
     // BzImage::load returns its header on success; without one nothing can be booted.
-    let hdr = loaded.setup_header.ok_or(Error::LoadKernel(
+    let mut hdr = loaded.setup_header.ok_or(Error::LoadKernel(
         linux_loader::loader::Error::InvalidKernelStartAddress,
     ))?;
+    // The header ends at 0x202 + the byte at 0x201 (the jump over it); what linux-loader
+    // read past that is setup code of an older image, not header fields.
+    let declared_end = 0x202 + usize::from((hdr.jump >> 8) as u8);
+    let bytes = vm_memory::ByteValued::as_mut_slice(&mut hdr);
+    if let Some(past) = bytes.get_mut(declared_end.saturating_sub(0x1f1)..) {
+        past.fill(0);
+    }
     // Copies: the header is a packed struct.
     let version = hdr.version;
     if version < MIN_BOOT_PROTOCOL {
@@ -288,14 +311,22 @@ pub fn initrd_address(
         })
         .find(|&end| end <= layout::MMIO_GAP_START)
         .unwrap_or(layout::MMIO_GAP_START);
-    let top = match kernel.protocol {
-        BootProtocol::Pvh => low_end,
+    let (top, max) = match kernel.protocol {
+        BootProtocol::Pvh => (low_end, None),
         BootProtocol::Linux(hdr) => {
-            let max = hdr.initrd_addr_max;
-            low_end.min(u64::from(max) + 1)
+            let max = u64::from(hdr.initrd_addr_max);
+            (low_end.min(max + 1), Some(max))
         }
     };
-    layout::initrd_address(top, kernel.end.0, size).ok_or(Error::InitrdTooLarge { size })
+    layout::initrd_address(top, kernel.end.0, size).ok_or(match max {
+        // initrd_addr_max is what limited it.
+        Some(max) if top == max + 1 => Error::InitrdAboveMax {
+            size,
+            kernel_end: kernel.end.0,
+            max,
+        },
+        _ => Error::InitrdTooLarge { size },
+    })
 }
 
 /// Writes the MP table and the kernel's boot structure: the PVH start info, or the zero
