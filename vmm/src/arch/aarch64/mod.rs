@@ -36,6 +36,7 @@ pub use layout::{
 #[cfg(target_arch = "aarch64")]
 mod setup {
     use std::fs::File;
+    use std::io::{Read, Seek, SeekFrom};
 
     use kvm_bindings::kvm_vcpu_init;
     use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -64,6 +65,9 @@ mod setup {
         /// Loading the kernel Image failed.
         #[error("loading the kernel Image: {0}")]
         LoadKernel(linux_loader::loader::Error),
+        /// The kernel Image's header could not be read back, or its size overflows.
+        #[error("reading the kernel Image's header: {0}")]
+        ReadKernelHeader(std::io::Error),
         /// RAM is too small for the kernel base and the FDT slot.
         #[error("guest RAM ending at {0:#x} has no room for the FDT above the kernel")]
         NoRoomForFdt(u64),
@@ -126,13 +130,27 @@ mod setup {
         layout::fdt_address(end).ok_or(Error::NoRoomForFdt(end))
     }
 
-    /// Loads an arm64 `Image` at [`layout::KERNEL_START`] plus its text_offset.
+    /// Loads an arm64 `Image` at [`layout::KERNEL_START`] plus its text_offset; its end
+    /// counts the header's `image_size` ([`layout::image_end`]).
     pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEntry, Error> {
         let loaded = PE::load(mem, Some(GuestAddress(layout::KERNEL_START)), kernel, None)
             .map_err(Error::LoadKernel)?;
+        let mut header = [0u8; layout::IMAGE_HEADER_SIZE];
+        kernel
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| kernel.read_exact(&mut header))
+            .map_err(Error::ReadKernelHeader)?;
+        let load = loaded.kernel_load.raw_value();
+        let file_size = loaded.kernel_end.saturating_sub(load);
+        let end = layout::image_end(&header, load, file_size).ok_or_else(|| {
+            Error::ReadKernelHeader(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "image_size overflows the address space",
+            ))
+        })?;
         Ok(KernelEntry {
             entry: loaded.kernel_load,
-            end: GuestAddress(loaded.kernel_end),
+            end: GuestAddress(end),
             protocol: BootProtocol::Image,
         })
     }
