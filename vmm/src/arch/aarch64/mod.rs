@@ -32,6 +32,10 @@ pub use layout::{
     VIRTIO_MMIO_BASE,
 };
 
+/// virtio-mmio devices are FDT nodes, not `virtio_mmio.device=` entries: on arm64 the IRQ
+/// number of such an entry is a Linux virq, which no GIC SPI is mapped to.
+pub const VIRTIO_ON_CMDLINE: bool = false;
+
 /// The common arch interface ([`crate::arch`]) for aarch64.
 #[cfg(target_arch = "aarch64")]
 mod setup {
@@ -52,6 +56,7 @@ mod setup {
     use super::layout;
     use super::regs::{self, RegsError};
     use crate::arch::{BootInfo, KernelEntry, LegacyDevices};
+    use crate::devices::virtio::mmio::MMIO_SIZE;
 
     /// Errors of aarch64 VM setup.
     #[derive(Debug, Error)]
@@ -166,10 +171,8 @@ mod setup {
             .ok_or(Error::InitrdTooLarge { size })
     }
 
-    /// Builds the FDT (memory, vCPUs, GIC, timer, PSCI, UART, `/chosen`) and writes it at
-    /// the top of RAM. virtio-mmio devices are declared on the command line by the builder
-    /// (`virtio_mmio.device=`, which arm64 Linux honours too), so the FDT does not repeat
-    /// them.
+    /// Builds the FDT (memory, vCPUs, GIC, timer, PSCI, UART, virtio-mmio devices,
+    /// `/chosen`) and writes it at the top of RAM.
     pub fn configure_system(mem: &GuestMemoryMmap, boot: &BootInfo) -> Result<(), Error> {
         let mut cmdline = vec![0u8; boot.cmdline_size.saturating_sub(1) as usize];
         mem.read_slice(&mut cmdline, boot.cmdline_addr)
@@ -178,6 +181,15 @@ mod setup {
         let memory: Vec<(u64, u64)> = mem
             .iter()
             .map(|r| (r.start_addr().raw_value(), r.len()))
+            .collect();
+        let virtio: Vec<MmioDevice> = boot
+            .virtio
+            .iter()
+            .map(|&(base, irq)| MmioDevice {
+                base: base.raw_value(),
+                size: MMIO_SIZE,
+                irq,
+            })
             .collect();
         let blob = fdt::create_fdt(&FdtConfig {
             memory: &memory,
@@ -189,7 +201,7 @@ mod setup {
                 size: layout::SERIAL_MMIO_SIZE,
                 irq: layout::SERIAL_IRQ,
             }),
-            virtio: &[],
+            virtio: &virtio,
         })?;
         mem.write_slice(&blob, GuestAddress(fdt_address(mem)?))
             .map_err(Error::WriteFdt)
