@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Builds the arm64 nested check: the arm64 kernel Image (build-kernel.sh, cached; the same
+# Image is L1 and L2), a static aarch64-musl hull-vmm, an L2 initramfs (busybox +
+# l2-init.sh) and the L1 initramfs (busybox, l1-init.sh as /init, hull-vmm, the Image, the
+# L2 initramfs). busybox is Debian's busybox-static:arm64, downloaded and unpacked (not
+# installed). Writes a sourceable env file ($1):
+#   HULL_ARM64_KERNEL=<Image>   HULL_ARM64_INITRD=<L1 initramfs>
+# Needs: qemu-system-arm gcc-aarch64-linux-gnu (apt), `dpkg --add-architecture arm64`,
+# `rustup target add aarch64-unknown-linux-musl`.
+# Usage: build.sh ENV_FILE
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../../.." && pwd)
+env_file=${1:?usage: build.sh ENV_FILE}
+log() { echo "nested/arm64/build: $*" >&2; }
+
+kdir=$("$here/build-kernel.sh")
+out="$top/target/nested-arm64"
+mkdir -p "$out"
+
+if [ ! -x "$out/busybox/bin/busybox" ]; then
+    log "fetching busybox-static:arm64"
+    rm -rf "$out/busybox" "$out/deb" && mkdir -p "$out/deb"
+    (cd "$out/deb" && apt-get download busybox-static:arm64 >&2)
+    dpkg-deb -x "$out"/deb/busybox-static_*_arm64.deb "$out/busybox"
+fi
+busybox="$out/busybox/bin/busybox"
+
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc \
+CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc \
+    cargo build --quiet --release --locked -p hull-vmm --bin hull-vmm \
+    --target aarch64-unknown-linux-musl --manifest-path "$top/Cargo.toml"
+vmm="$top/target/aarch64-unknown-linux-musl/release/hull-vmm"
+
+cat >"$out/l2.list" <<LIST
+dir /dev 0755 0 0
+nod /dev/console 0600 0 0 c 5 1
+dir /proc 0555 0 0
+dir /bin 0755 0 0
+file /bin/busybox $busybox 0755 0 0
+file /init $here/l2-init.sh 0755 0 0
+LIST
+"$kdir/gen_init_cpio" "$out/l2.list" >"$out/l2.cpio"
+
+cat >"$out/l1.list" <<LIST
+dir /dev 0755 0 0
+nod /dev/console 0600 0 0 c 5 1
+dir /proc 0555 0 0
+dir /sys 0555 0 0
+dir /tmp 1777 0 0
+dir /bin 0755 0 0
+file /bin/busybox $busybox 0755 0 0
+file /init $here/l1-init.sh 0755 0 0
+file /bin/hull-vmm $vmm 0755 0 0
+file /Image $kdir/Image 0644 0 0
+file /l2.cpio $out/l2.cpio 0644 0 0
+LIST
+"$kdir/gen_init_cpio" "$out/l1.list" >"$out/l1.cpio"
+
+cat >"$env_file" <<ENV
+HULL_ARM64_KERNEL=$kdir/Image
+HULL_ARM64_INITRD=$out/l1.cpio
+ENV
+log "L1 kernel $kdir/Image, initramfs $out/l1.cpio ($(du -h "$out/l1.cpio" | cut -f1))"

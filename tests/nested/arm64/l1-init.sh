@@ -1,0 +1,43 @@
+#!/bin/busybox sh
+# /init of the arm64 L1 (under qemu-system-aarch64 with TCG-emulated EL2): boots L2 with
+# hull-vmm on L1's /dev/kvm, then prints hull-vmm's exit status and L2's console, each line
+# prefixed "HULL-ARM64: ", and powers L1 off (QEMU exits, -no-reboot).
+# L1's command line may add hull.seccomp=off (--no-seccomp) or hull.seccomp=trap
+# (--seccomp-trap: a syscall off the lists is named), hull.vcpus=N (default 1),
+# hull.debug=1 (RUST_LOG=debug) and hull.l2-action=reboot (L2 reboots instead of powering
+# off).
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+
+say() { echo "HULL-ARM64: $*"; }
+arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+case "$(arg hull.seccomp)" in
+    trap) seccomp=--seccomp-trap ;;
+    off) seccomp=--no-seccomp ;;
+    *) seccomp= ;;
+esac
+vcpus=$(arg hull.vcpus); vcpus=${vcpus:-1}
+[ "$(arg hull.debug)" = 1 ] && export RUST_LOG=debug
+l2_action=$(arg hull.l2-action); l2_action=${l2_action:-poweroff}
+L2_TIMEOUT=${L2_TIMEOUT:-300}
+
+say "l1-up kernel=$(uname -r) kvm=$([ -c /dev/kvm ] && echo yes || echo no) seccomp=${seccomp:-on} vcpus=$vcpus l2_action=$l2_action"
+# L2's virtio-blk disk: a marker L2 reads back, in a 1 MiB image.
+printf 'HULL-ARM64-DISK-OK\n' >/tmp/disk.img
+truncate -s 1M /tmp/disk.img
+start=$(cut -d' ' -f1 /proc/uptime)
+# earlycon's address is the 8250's in vmm/src/arch/aarch64/layout.rs (SERIAL_MMIO_BASE).
+# shellcheck disable=SC2086
+timeout "$L2_TIMEOUT" hull-vmm $seccomp --kernel /Image --initrd /l2.cpio --block /tmp/disk.img,ro \
+    --cmdline "console=ttyS0 earlycon=uart8250,mmio,0x1000000 panic=-1 hull.action=$l2_action" \
+    --vcpus "$vcpus" --memory-mib 128 --console /tmp/l2.console 2>/tmp/vmm.err
+rc=$?
+say "hull-vmm exit=$rc l1_uptime_start_s=$start l1_uptime_end_s=$(cut -d' ' -f1 /proc/uptime)"
+sed 's/^/HULL-ARM64: vmm: /' /tmp/vmm.err
+sed 's/^/HULL-ARM64: l2: /' /tmp/l2.console
+say done
+poweroff -f
