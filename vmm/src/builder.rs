@@ -1,6 +1,7 @@
 //! Turns [`VmResources`] into a configured [`Vm`]: KVM VM, guest memory, kernel, vCPUs (and
-//! on arm64 the GIC, which needs them), virtio devices (and their `virtio_mmio.device=`
-//! command-line entries), initramfs, boot tables and legacy devices, in that order. Every
+//! on arm64 the GIC, which needs them), virtio devices (on x86_64 with their
+//! `virtio_mmio.device=` command-line entries; arm64's FDT describes them), initramfs, boot
+//! tables and legacy devices, in that order. Every
 //! irqfd is registered after the vCPUs exist, as arm64 KVM requires.
 //!
 //! Every step's failure is a [`BuildError`] variant naming the step. Nothing runs guest code
