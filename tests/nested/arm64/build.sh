@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the arm64 nested check: the arm64 kernel Image (build-kernel.sh, cached; the same
-# Image is L1 and L2), a static aarch64-musl hull-vmm, an L2 initramfs (busybox +
-# l2-init.sh) and the L1 initramfs (busybox, l1-init.sh as /init, hull-vmm, the Image, the
-# L2 initramfs). busybox is Debian's busybox-static:arm64, downloaded and unpacked (not
+# Image is L1 and L2), a static aarch64-musl hull-vmm, vsock-ping.c (static, both ends of
+# the vsock round trip), an L2 initramfs (busybox, l2-init.sh, vsock-ping) and the L1
+# initramfs (busybox, l1-init.sh as /init, hull-vmm, vsock-ping, the Image, the L2
+# initramfs). busybox is Debian's busybox-static:arm64, downloaded and unpacked (not
 # installed). Writes a sourceable env file ($1):
 #   HULL_ARM64_KERNEL=<Image>   HULL_ARM64_INITRD=<L1 initramfs>
 # Needs: qemu-system-arm gcc-aarch64-linux-gnu (apt), `dpkg --add-architecture arm64`,
@@ -31,6 +32,7 @@ CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc \
     cargo build --quiet --release --locked -p hull-vmm --bin hull-vmm \
     --target aarch64-unknown-linux-musl --manifest-path "$top/Cargo.toml"
 vmm="$top/target/aarch64-unknown-linux-musl/release/hull-vmm"
+aarch64-linux-gnu-gcc -static -O2 -Wall -Wextra -Werror -o "$out/vsock-ping" "$here/vsock-ping.c"
 
 cat >"$out/l2.list" <<LIST
 dir /dev 0755 0 0
@@ -39,6 +41,7 @@ dir /proc 0555 0 0
 dir /bin 0755 0 0
 file /bin/busybox $busybox 0755 0 0
 file /init $here/l2-init.sh 0755 0 0
+file /bin/vsock-ping $out/vsock-ping 0755 0 0
 LIST
 "$kdir/gen_init_cpio" "$out/l2.list" >"$out/l2.cpio"
 
@@ -52,6 +55,7 @@ dir /bin 0755 0 0
 file /bin/busybox $busybox 0755 0 0
 file /init $here/l1-init.sh 0755 0 0
 file /bin/hull-vmm $vmm 0755 0 0
+file /bin/vsock-ping $out/vsock-ping 0755 0 0
 file /Image $kdir/Image 0644 0 0
 file /l2.cpio $out/l2.cpio 0644 0 0
 LIST

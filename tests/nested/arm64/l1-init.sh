@@ -21,6 +21,8 @@ case "$(arg hull.seccomp)" in
     *) seccomp= ;;
 esac
 vcpus=$(arg hull.vcpus); vcpus=${vcpus:-1}
+# info: hull-vmm says when every thread has installed its seccomp filter.
+export RUST_LOG=info
 [ "$(arg hull.debug)" = 1 ] && export RUST_LOG=debug
 l2_action=$(arg hull.l2-action); l2_action=${l2_action:-poweroff}
 L2_TIMEOUT=${L2_TIMEOUT:-300}
@@ -29,14 +31,22 @@ say "l1-up kernel=$(uname -r) kvm=$([ -c /dev/kvm ] && echo yes || echo no) secc
 # L2's virtio-blk disk: a marker L2 reads back, in a 1 MiB image.
 printf 'HULL-ARM64-DISK-OK\n' >/tmp/disk.img
 truncate -s 1M /tmp/disk.img
+# L2's vsock connection to port 1025 arrives on /tmp/v.sock_1025 (hull-vmm's muxer).
+vsock-ping host /tmp/v.sock_1025 >/tmp/vsock.out 2>&1 &
+listener=$!
 start=$(cut -d' ' -f1 /proc/uptime)
 # earlycon's address is the 8250's in vmm/src/arch/aarch64/layout.rs (SERIAL_MMIO_BASE).
 # shellcheck disable=SC2086
 timeout "$L2_TIMEOUT" hull-vmm $seccomp --kernel /Image --initrd /l2.cpio --block /tmp/disk.img,ro \
+    --vsock-uds /tmp/v.sock \
     --cmdline "console=ttyS0 earlycon=uart8250,mmio,0x1000000 panic=-1 hull.action=$l2_action" \
     --vcpus "$vcpus" --memory-mib 128 --console /tmp/l2.console 2>/tmp/vmm.err
 rc=$?
-say "hull-vmm exit=$rc l1_uptime_start_s=$start l1_uptime_end_s=$(cut -d' ' -f1 /proc/uptime)"
+# The listener ends when L2's stream closes (hull-vmm is gone); if L2 never connected it
+# still waits in accept().
+kill "$listener" 2>/dev/null
+say "vsock listener: $(cat /tmp/vsock.out)"
+say "hull-vmm exit=$rc seccomp_installed=$(grep -c 'seccomp filters installed on every thread' /tmp/vmm.err) l1_uptime_start_s=$start l1_uptime_end_s=$(cut -d' ' -f1 /proc/uptime)"
 sed 's/^/HULL-ARM64: vmm: /' /tmp/vmm.err
 sed 's/^/HULL-ARM64: l2: /' /tmp/l2.console
 say done

@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # /init of L2 (booted by hull-vmm inside the arm64 L1): prints marker lines on the 8250
-# console (the CPU count, the virtio-blk disk's first bytes) and powers off, which arm64
+# console (the CPU count, the virtio-blk disk's first bytes, a vsock round trip) and
+# powers off, which arm64
 # Linux does through PSCI SYSTEM_OFF (hull-vmm then sees KVM_EXIT_SYSTEM_EVENT and exits
 # with status 0).
 /bin/busybox mount -t proc proc /proc
@@ -13,6 +14,9 @@ if [ -b /dev/vda ]; then
 else
     echo "HULL-ARM64-L2: no /dev/vda"
 fi
+# A vsock round trip with L1 (guest-initiated, to the host's port 1025, as hull-agent's
+# readiness connection): one line each way.
+echo "HULL-ARM64-L2: $(/bin/vsock-ping guest 1025 2>&1)"
 # hull.action=reboot on L2's command line: reboot instead (PSCI SYSTEM_RESET; hull-vmm
 # exits with status 0 too and names the reset).
 if /bin/busybox grep -q 'hull.action=reboot' /proc/cmdline; then

@@ -14,8 +14,8 @@
 //! PSCI SYSTEM_OFF and SYSTEM_RESET reach the vCPU loop as `KVM_EXIT_SYSTEM_EVENT` and end
 //! the VM as a power-off or a reset, as on x86_64.
 //!
-//! Its pure parts are unit tested on every host. It boots arm64 Linux 6.1 (1 and 2 vCPUs,
-//! 8250 console, virtio-blk, PSCI power-off and reset, seccomp on) on arm64 KVM in the
+//! Its pure parts are unit tested on every host. It boots arm64 Linux 6.1 (1, 2 and 17
+//! vCPUs, 8250 console, virtio-blk, vsock, PSCI power-off and reset, seccomp on) on arm64 KVM in the
 //! TCG-emulated nested setup of `tests/nested/arm64` (QEMU virt with EL2 and a GICv3, not
 //! in CI); it has never run on arm64 hardware. Not here: a PL031 RTC, GIC state
 //! save/restore, GICv2 hosts.
