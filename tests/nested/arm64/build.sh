@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the arm64 nested check: the arm64 kernel Image (build-kernel.sh, cached; the same
-# Image is L1 and L2), a static aarch64-musl hull-vmm, vsock-ping.c (static, both ends of
-# the vsock round trip), an L2 initramfs (busybox, l2-init.sh, vsock-ping) and the L1
-# initramfs (busybox, l1-init.sh as /init, hull-vmm, vsock-ping, the Image, the L2
-# initramfs). busybox is Debian's busybox-static:arm64, downloaded and unpacked (not
-# installed). Writes a sourceable env file ($1):
+# Image is L1 and L2), a static aarch64-musl hull-vmm and hull-vmm-ctl, vsock-ping.c
+# (static, both ends of the vsock round trip), an L2 initramfs (busybox, l2-init.sh,
+# vsock-ping) and the L1 initramfs (busybox, l1-init.sh as /init, hull-vmm, hull-vmm-ctl,
+# vsock-ping, the Image, the L2 initramfs). busybox is Debian's busybox-static:arm64,
+# downloaded and unpacked (not installed). Writes a sourceable env file ($1):
 #   HULL_ARM64_KERNEL=<Image>   HULL_ARM64_INITRD=<L1 initramfs>
 # Needs: qemu-system-arm gcc-aarch64-linux-gnu (apt), `dpkg --add-architecture arm64`,
 # `rustup target add aarch64-unknown-linux-musl`.
@@ -29,9 +29,10 @@ busybox="$out/busybox/bin/busybox"
 
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc \
 CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc \
-    cargo build --quiet --release --locked -p hull-vmm --bin hull-vmm \
+    cargo build --quiet --release --locked -p hull-vmm --bin hull-vmm --bin hull-vmm-ctl \
     --target aarch64-unknown-linux-musl --manifest-path "$top/Cargo.toml"
 vmm="$top/target/aarch64-unknown-linux-musl/release/hull-vmm"
+ctl="$top/target/aarch64-unknown-linux-musl/release/hull-vmm-ctl"
 aarch64-linux-gnu-gcc -static -O2 -Wall -Wextra -Werror -o "$out/vsock-ping" "$here/vsock-ping.c"
 
 cat >"$out/l2.list" <<LIST
@@ -55,6 +56,7 @@ dir /bin 0755 0 0
 file /bin/busybox $busybox 0755 0 0
 file /init $here/l1-init.sh 0755 0 0
 file /bin/hull-vmm $vmm 0755 0 0
+file /bin/hull-vmm-ctl $ctl 0755 0 0
 file /bin/vsock-ping $out/vsock-ping 0755 0 0
 file /Image $kdir/Image 0644 0 0
 file /l2.cpio $out/l2.cpio 0644 0 0

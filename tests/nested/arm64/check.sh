@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs the arm64 nested check twice and asserts its markers:
-#   1 vCPU, L2 powers off (PSCI SYSTEM_OFF), hull-vmm's seccomp filters on;
-#   2 vCPUs (PSCI CPU_ON), L2 reboots (PSCI SYSTEM_RESET), --seccomp-trap.
+# Runs the arm64 nested check three times and asserts its markers:
+#   poweroff:   1 vCPU, L2 powers off (PSCI SYSTEM_OFF), hull-vmm's seccomp filters on;
+#   reboot-smp: 2 vCPUs (PSCI CPU_ON), L2 reboots (PSCI SYSTEM_RESET), --seccomp-trap;
+#   api:        2 vCPUs, L2 ticks while L1 asks hull-vmm's control socket for state, pause
+#               (the ticks stop), resume (they go on), metrics and shutdown.
 # Each run: hull-vmm exits 0 with the right reason, L2 printed its marker with the vCPU
 # count, read its virtio-blk disk and made a vsock round trip with L1. Logs go to
 # $ARM64_LOG_DIR (default target/nested-arm64).
@@ -15,18 +17,25 @@ logs=${ARM64_LOG_DIR:-$(cd "$here/../../.." && pwd)/target/nested-arm64}
 mkdir -p "$logs"
 fail=0
 
-run() { # name, L1 extra args, expected reason, expected cpus, expected seccomp_installed
+# name, L1 extra args, expected reason, expected cpus, expected seccomp_installed, then
+# any further patterns (grep -E) the log must match.
+run() {
     local name=$1 extra=$2 reason=$3 cpus=$4 seccomp=$5 log="$logs/$1.log"
+    shift 5
     # The serial consoles end lines with CR LF.
     "$here/run.sh" "$HULL_ARM64_KERNEL" "$HULL_ARM64_INITRD" "$extra" 2>&1 | tr -d '\r' >"$log" || true
     local missing=()
     grep -q "^HULL-ARM64: hull-vmm exit=0 seccomp_installed=$seccomp " "$log" ||
         missing+=("hull-vmm exit=0 seccomp_installed=$seccomp")
-    grep -q "^HULL-ARM64: vmm: hull-vmm: guest $reason (system event)" "$log" || missing+=("guest $reason")
+    grep -qE "^HULL-ARM64: vmm: hull-vmm: $reason" "$log" || missing+=("$reason")
     grep -q "^HULL-ARM64: l2: HULL-ARM64-L2: up aarch64 cpus=$cpus\$" "$log" || missing+=("L2 up with $cpus vCPUs")
     grep -q '^HULL-ARM64: l2: HULL-ARM64-L2: vda HULL-ARM64-DISK-OK$' "$log" || missing+=("L2 read its disk")
     grep -q '^HULL-ARM64: vsock listener: vsock-got ping-from-l2$' "$log" || missing+=("L1 got L2's vsock line")
     grep -q '^HULL-ARM64: l2: HULL-ARM64-L2: vsock-reply pong-from-l1$' "$log" || missing+=("L2 got L1's vsock reply")
+    local pattern
+    for pattern in "$@"; do
+        grep -qE "$pattern" "$log" || missing+=("$pattern")
+    done
     if [ ${#missing[@]} = 0 ]; then
         echo "arm64 $name: ok"
     else
@@ -36,6 +45,14 @@ run() { # name, L1 extra args, expected reason, expected cpus, expected seccomp_
     fi
 }
 
-run poweroff "" "powered off" 1 1
-run reboot-smp "hull.vcpus=2 hull.l2-action=reboot hull.seccomp=trap" reset 2 1
+run poweroff "" "guest powered off \(system event\)" 1 1
+run reboot-smp "hull.vcpus=2 hull.l2-action=reboot hull.seccomp=trap" "guest reset \(system event\)" 2 1
+run api "hull.vcpus=2 hull.l2-action=linger" "stopped by the control socket" 2 1 \
+    '^HULL-ARM64: api state=\{"ok":true,"state":"running"' \
+    '^HULL-ARM64: api pause=\{"ok":true\} state=\{"ok":true,"state":"paused"' \
+    '^HULL-ARM64: api resume=\{"ok":true\} state=\{"ok":true,"state":"running"' \
+    '^HULL-ARM64: api ticks paused_delta=0 resumed_delta=[1-9]' \
+    '^HULL-ARM64: api metrics=\{"ok":true,"metrics":' \
+    '^HULL-ARM64: api shutdown=\{"ok":true\}$' \
+    '^HULL-ARM64: api socket_left=no$'
 exit "$fail"

@@ -5,7 +5,8 @@
 # L1's command line may add hull.seccomp=off (--no-seccomp) or hull.seccomp=trap
 # (--seccomp-trap: a syscall off the lists is named), hull.vcpus=N (default 1),
 # hull.debug=1 (RUST_LOG=debug) and hull.l2-action=reboot (L2 reboots instead of powering
-# off).
+# off) or hull.l2-action=linger (L2 ticks once a second for a minute; L1 exercises
+# hull-vmm's control socket meanwhile and shuts L2 down through it).
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -35,13 +36,36 @@ truncate -s 1M /tmp/disk.img
 vsock-ping host /tmp/v.sock_1025 >/tmp/vsock.out 2>&1 &
 listener=$!
 start=$(cut -d' ' -f1 /proc/uptime)
+api=
+[ "$l2_action" = linger ] && api="--api-sock /tmp/api.sock"
 # earlycon's address is the 8250's in vmm/src/arch/aarch64/layout.rs (SERIAL_MMIO_BASE).
 # shellcheck disable=SC2086
-timeout "$L2_TIMEOUT" hull-vmm $seccomp --kernel /Image --initrd /l2.cpio --block /tmp/disk.img,ro \
-    --vsock-uds /tmp/v.sock \
+timeout "$L2_TIMEOUT" hull-vmm $seccomp $api --kernel /Image --initrd /l2.cpio \
+    --block /tmp/disk.img,ro --vsock-uds /tmp/v.sock \
     --cmdline "console=ttyS0 earlycon=uart8250,mmio,0x1000000 panic=-1 hull.action=$l2_action" \
-    --vcpus "$vcpus" --memory-mib 128 --console /tmp/l2.console 2>/tmp/vmm.err
+    --vcpus "$vcpus" --memory-mib 128 --console /tmp/l2.console 2>/tmp/vmm.err &
+vmm=$!
+ticks() { grep -c 'HULL-ARM64-L2: tick' /tmp/l2.console; }
+if [ -n "$api" ]; then
+    # The control socket (hull-vmm-ctl) on a running L2 that ticks once a second: paused,
+    # the ticks stop; resumed, they go on; shutdown ends hull-vmm with status 0 and
+    # removes the socket.
+    i=0
+    while ! grep -q 'HULL-ARM64-L2: tick' /tmp/l2.console 2>/dev/null && [ $i -lt 600 ]; do
+        sleep 0.1; i=$((i + 1))
+    done
+    say "api state=$(hull-vmm-ctl /tmp/api.sock state)"
+    say "api pause=$(hull-vmm-ctl /tmp/api.sock pause) state=$(hull-vmm-ctl /tmp/api.sock state)"
+    t0=$(ticks); sleep 3; t1=$(ticks)
+    say "api resume=$(hull-vmm-ctl /tmp/api.sock resume) state=$(hull-vmm-ctl /tmp/api.sock state)"
+    sleep 3; t2=$(ticks)
+    say "api ticks paused_delta=$((t1 - t0)) resumed_delta=$((t2 - t1))"
+    say "api metrics=$(hull-vmm-ctl /tmp/api.sock metrics)"
+    say "api shutdown=$(hull-vmm-ctl /tmp/api.sock shutdown)"
+fi
+wait "$vmm"
 rc=$?
+[ -n "$api" ] && say "api socket_left=$([ -e /tmp/api.sock ] && echo yes || echo no)"
 # The listener ends when L2's stream closes (hull-vmm is gone); if L2 never connected it
 # still waits in accept().
 kill "$listener" 2>/dev/null

@@ -17,6 +17,14 @@ fi
 # A vsock round trip with L1 (guest-initiated, to the host's port 1025, as hull-agent's
 # readiness connection): one line each way.
 echo "HULL-ARM64-L2: $(/bin/vsock-ping guest 1025 2>&1)"
+# hull.action=linger: tick once a second for a minute (L1 pauses, resumes and shuts the VM
+# down through hull-vmm's control socket meanwhile).
+if /bin/busybox grep -q 'hull.action=linger' /proc/cmdline; then
+    i=0
+    while [ $i -lt 60 ]; do
+        i=$((i + 1)); echo "HULL-ARM64-L2: tick $i"; /bin/busybox sleep 1
+    done
+fi
 # hull.action=reboot on L2's command line: reboot instead (PSCI SYSTEM_RESET; hull-vmm
 # exits with status 0 too and names the reset).
 if /bin/busybox grep -q 'hull.action=reboot' /proc/cmdline; then
