@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the arm64 nested check three times and asserts its markers:
 #   poweroff:   1 vCPU, L2 powers off (PSCI SYSTEM_OFF), hull-vmm's seccomp filters on;
-#   reboot-smp: 2 vCPUs (PSCI CPU_ON), L2 reboots (PSCI SYSTEM_RESET), --seccomp-trap;
+#   reboot-smp-confined: 2 vCPUs (PSCI CPU_ON), L2 reboots (PSCI SYSTEM_RESET),
+#               --seccomp-trap, hull-vmm confined (uid/gid 65534, chrooted);
 #   api:        2 vCPUs, L2 ticks while L1 asks hull-vmm's control socket for state, pause
 #               (the ticks stop), resume (they go on), metrics and shutdown.
 # Each run: hull-vmm exits 0 with the right reason, L2 printed its marker with the vCPU
@@ -46,7 +47,9 @@ run() {
 }
 
 run poweroff "" "guest powered off \(system event\)" 1 1
-run reboot-smp "hull.vcpus=2 hull.l2-action=reboot hull.seccomp=trap" "guest reset \(system event\)" 2 1
+run reboot-smp-confined "hull.vcpus=2 hull.l2-action=reboot hull.seccomp=trap hull.confined=1" \
+    "guest reset \(system event\)" 2 1 \
+    '^HULL-ARM64: confined ids=65534/65534/65534/65534 65534/65534/65534/65534 root=/tmp/jail$'
 run api "hull.vcpus=2 hull.l2-action=linger" "stopped by the control socket" 2 1 \
     '^HULL-ARM64: api state=\{"ok":true,"state":"running"' \
     '^HULL-ARM64: api pause=\{"ok":true\} state=\{"ok":true,"state":"paused"' \

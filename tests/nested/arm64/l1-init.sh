@@ -6,7 +6,7 @@
 # (--seccomp-trap: a syscall off the lists is named), hull.vcpus=N (default 1),
 # hull.debug=1 (RUST_LOG=debug) and hull.l2-action=reboot (L2 reboots instead of powering
 # off) or hull.l2-action=linger (L2 ticks once a second for a minute; L1 exercises
-# hull-vmm's control socket meanwhile and shuts L2 down through it).
+# hull-vmm's control socket meanwhile and shuts L2 down through it), hull.confined=1.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -28,24 +28,48 @@ export RUST_LOG=info
 l2_action=$(arg hull.l2-action); l2_action=${l2_action:-poweroff}
 L2_TIMEOUT=${L2_TIMEOUT:-300}
 
-say "l1-up kernel=$(uname -r) kvm=$([ -c /dev/kvm ] && echo yes || echo no) seccomp=${seccomp:-on} vcpus=$vcpus l2_action=$l2_action"
+say "l1-up kernel=$(uname -r) kvm=$([ -c /dev/kvm ] && echo yes || echo no) seccomp=${seccomp:-on} vcpus=$vcpus l2_action=$l2_action confined=$(arg hull.confined)"
 # L2's virtio-blk disk: a marker L2 reads back, in a 1 MiB image.
 printf 'HULL-ARM64-DISK-OK\n' >/tmp/disk.img
 truncate -s 1M /tmp/disk.img
-# L2's vsock connection to port 1025 arrives on /tmp/v.sock_1025 (hull-vmm's muxer).
-vsock-ping host /tmp/v.sock_1025 >/tmp/vsock.out 2>&1 &
+# hull.confined=1: hull-vmm drops to uid/gid 65534 in a chroot (/tmp/jail, holding only
+# the vsock sockets) once the VM is built, as the shim runs it.
+jail=/tmp
+confine=
+if [ "$(arg hull.confined)" = 1 ]; then
+    jail=/tmp/jail
+    mkdir -m 755 "$jail"
+    confine="--uid 65534 --gid 65534 --chroot $jail"
+fi
+# L2's vsock connection to port 1025 arrives on <uds>_1025 (hull-vmm's muxer).
+vsock-ping host "$jail/v.sock_1025" >/tmp/vsock.out 2>&1 &
 listener=$!
+i=0
+while [ ! -S "$jail/v.sock_1025" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+chmod 777 "$jail/v.sock_1025"
 start=$(cut -d' ' -f1 /proc/uptime)
 api=
 [ "$l2_action" = linger ] && api="--api-sock /tmp/api.sock"
 # earlycon's address is the 8250's in vmm/src/arch/aarch64/layout.rs (SERIAL_MMIO_BASE).
 # shellcheck disable=SC2086
-timeout "$L2_TIMEOUT" hull-vmm $seccomp $api --kernel /Image --initrd /l2.cpio \
-    --block /tmp/disk.img,ro --vsock-uds /tmp/v.sock \
+timeout "$L2_TIMEOUT" hull-vmm $seccomp $api $confine --kernel /Image --initrd /l2.cpio \
+    --block /tmp/disk.img,ro --vsock-uds "$jail/v.sock" \
     --cmdline "console=ttyS0 earlycon=uart8250,mmio,0x1000000 panic=-1 hull.action=$l2_action" \
     --vcpus "$vcpus" --memory-mib 128 --console /tmp/l2.console 2>/tmp/vmm.err &
 vmm=$!
 ticks() { grep -c 'HULL-ARM64-L2: tick' /tmp/l2.console; }
+if [ -n "$confine" ]; then
+    # Once hull-vmm has dropped its privileges (before the guest's first instruction, so
+    # L2's whole boot is the window): its ids and root, from /proc (busybox has no pgrep).
+    i=0
+    while ! grep -q 'running as uid' /tmp/vmm.err 2>/dev/null && [ $i -lt 3000 ]; do
+        sleep 0.02; i=$((i + 1))
+    done
+    pid=
+    for p in /proc/[0-9]*; do [ "$(cat "$p/comm" 2>/dev/null)" = hull-vmm ] && pid=${p#/proc/}; done
+    # Real/effective/saved/fs uid, then gid.
+    say "confined ids=$(grep '^[UG]id:' "/proc/$pid/status" | awk '{printf "%s/%s/%s/%s ", $2, $3, $4, $5}')root=$(readlink "/proc/$pid/root")"
+fi
 if [ -n "$api" ]; then
     # The control socket (hull-vmm-ctl) on a running L2 that ticks once a second: paused,
     # the ticks stop; resumed, they go on; shutdown ends hull-vmm with status 0 and
