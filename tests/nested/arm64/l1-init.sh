@@ -6,7 +6,8 @@
 # (--seccomp-trap: a syscall off the lists is named), hull.vcpus=N (default 1),
 # hull.debug=1 (RUST_LOG=debug) and hull.l2-action=reboot (L2 reboots instead of powering
 # off) or hull.l2-action=linger (L2 ticks once a second for a minute; L1 exercises
-# hull-vmm's control socket meanwhile and shuts L2 down through it), hull.confined=1.
+# hull-vmm's control socket meanwhile and shuts L2 down through it), hull.confined=1, and
+# hull.l2=agent (hull-agent as L2's PID 1 instead, probed over vsock).
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -29,6 +30,33 @@ l2_action=$(arg hull.l2-action); l2_action=${l2_action:-poweroff}
 L2_TIMEOUT=${L2_TIMEOUT:-300}
 
 say "l1-up kernel=$(uname -r) kvm=$([ -c /dev/kvm ] && echo yes || echo no) seccomp=${seccomp:-on} vcpus=$vcpus l2_action=$l2_action confined=$(arg hull.confined)"
+
+# hull.l2=agent: L2 is hull's own guest userland, hull-agent as PID 1 (no busybox). As the
+# x86 harness's vsock check: hull-vsock-probe listens on <uds>_1025 for the agent's
+# HULL-AGENT-READY line, then connects to the agent's port 1024 (CONNECT through hull-vmm's
+# muxer) and makes one ttrpc Check call. hull-vmm is stopped afterwards.
+if [ "$(arg hull.l2)" = agent ]; then
+    hull-vsock-probe /tmp/a.sock "$L2_TIMEOUT" >/tmp/probe.out 2>&1 &
+    probe=$!
+    i=0
+    while ! grep -q listening /tmp/probe.out 2>/dev/null && [ $i -lt 200 ]; do
+        sleep 0.05; i=$((i + 1))
+    done
+    # shellcheck disable=SC2086
+    hull-vmm $seccomp --kernel /Image --initrd /agent.cpio --vsock-uds /tmp/a.sock \
+        --cmdline "console=ttyS0 panic=-1" --vcpus "$vcpus" --memory-mib 256 \
+        --console /tmp/l2.console 2>/tmp/vmm.err &
+    vmm=$!
+    wait "$probe"
+    rc=$?
+    kill "$vmm" 2>/dev/null; wait "$vmm"
+    say "agent probe_exit=$rc vmm_exit=$? seccomp_installed=$(grep -c 'seccomp filters installed on every thread' /tmp/vmm.err)"
+    sed 's/^/HULL-ARM64: probe: /' /tmp/probe.out
+    sed 's/^/HULL-ARM64: vmm: /' /tmp/vmm.err
+    sed 's/^/HULL-ARM64: l2: /' /tmp/l2.console
+    say done
+    poweroff -f
+fi
 # L2's virtio-blk disk: a marker L2 reads back, in a 1 MiB image.
 printf 'HULL-ARM64-DISK-OK\n' >/tmp/disk.img
 truncate -s 1M /tmp/disk.img
