@@ -1,6 +1,7 @@
 //! Turns [`VmResources`] into a configured [`Vm`]: KVM VM, guest memory, kernel, vCPUs (and
-//! on arm64 the GIC, which needs them), virtio devices (and their `virtio_mmio.device=`
-//! command-line entries), initramfs, boot tables and legacy devices, in that order. Every
+//! on arm64 the GIC, which needs them), virtio devices (on x86_64 with their
+//! `virtio_mmio.device=` command-line entries; arm64's FDT describes them), initramfs, boot
+//! tables and legacy devices, in that order. Every
 //! irqfd is registered after the vCPUs exist, as arm64 KVM requires.
 //!
 //! Every step's failure is a [`BuildError`] variant naming the step. Nothing runs guest code
@@ -153,9 +154,14 @@ fn open(what: &'static str, path: &std::path::Path) -> Result<File, BuildError> 
     })
 }
 
+/// A wired virtio device: its MMIO base, its interrupt line, its transport.
+type WiredVirtio = (u64, u32, Arc<Mutex<dyn BusDevice>>);
+
 /// Wires virtio device number `index` to KVM: its interrupt as an irqfd, its queue
 /// notifications as ioeventfds on QueueNotify (one per queue, matched on the queue index),
-/// and declares it on the kernel command line. Returns its MMIO base and transport.
+/// and declares it on the kernel command line where the architecture does so
+/// (`arch::VIRTIO_ON_CMDLINE`; otherwise the boot tables do). Returns its MMIO base, its
+/// interrupt line and its transport.
 fn add_virtio_device(
     vm_fd: &VmFd,
     mem: &GuestMemoryMmap,
@@ -163,7 +169,7 @@ fn add_virtio_device(
     index: u32,
     what: &'static str,
     dev: Box<dyn VirtioDevice>,
-) -> Result<(u64, Arc<Mutex<dyn BusDevice>>), BuildError> {
+) -> Result<WiredVirtio, BuildError> {
     let err = |message: String| BuildError::VirtioDevice { what, message };
     if index >= arch::VIRTIO_MAX_DEVICES {
         return Err(err("no free interrupt line".into()));
@@ -184,12 +190,14 @@ fn add_virtio_device(
             )
             .map_err(|e| err(format!("ioeventfd for queue {queue}: {e}")))?;
     }
-    cmdline
-        .add_virtio_mmio_device(MMIO_SIZE, GuestAddress(base), irq, None)
-        .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    if arch::VIRTIO_ON_CMDLINE {
+        cmdline
+            .add_virtio_mmio_device(MMIO_SIZE, GuestAddress(base), irq, None)
+            .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    }
     let interrupt = Arc::new(Interrupt::new(irqfd));
     let transport = MmioTransport::new(dev, mem.clone(), interrupt);
-    Ok((base, Arc::new(Mutex::new(transport))))
+    Ok((base, irq, Arc::new(Mutex::new(transport))))
 }
 
 /// Builds a VM from `res`. `started` is when hull-vmm started (for timing logs).
@@ -233,7 +241,7 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
     cmdline
         .insert_str(&res.cmdline)
         .map_err(|e| BuildError::Cmdline(e.to_string()))?;
-    let mut virtio: Vec<(u64, Arc<Mutex<dyn BusDevice>>)> = Vec::new();
+    let mut virtio: Vec<WiredVirtio> = Vec::new();
     let mut metrics = Metrics::default();
     if let Some(path) = &res.vsock_uds {
         let muxer = Muxer::new(path, GUEST_CID).map_err(|source| BuildError::VsockSocket {
@@ -324,6 +332,10 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
             cmdline_size,
             initrd,
             vcpus: res.vcpus,
+            virtio: virtio
+                .iter()
+                .map(|&(base, irq, _)| (GuestAddress(base), irq))
+                .collect(),
         },
     )?;
 
@@ -347,7 +359,7 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
             i8042: Arc::new(Mutex::new(I8042::new(exit.clone()))),
         },
     )?;
-    for (base, dev) in virtio {
+    for (base, _, dev) in virtio {
         mmio.insert(base, MMIO_SIZE, dev)
             .map_err(|e| BuildError::VirtioDevice {
                 what: "mmio",

@@ -2,7 +2,9 @@
 //!
 //! Each architecture module provides the same items, re-exported here:
 //! - constants: `MAX_VCPUS`, `CMDLINE_START`, `CMDLINE_MAX_SIZE`, and where virtio-mmio
-//!   devices go: `VIRTIO_MMIO_BASE`, `VIRTIO_IRQ_BASE`, `VIRTIO_MAX_DEVICES`;
+//!   devices go: `VIRTIO_MMIO_BASE`, `VIRTIO_IRQ_BASE`, `VIRTIO_MAX_DEVICES`, and how the
+//!   guest learns of them: `VIRTIO_ON_CMDLINE` (x86_64: `virtio_mmio.device=` entries;
+//!   aarch64: FDT nodes, from [`BootInfo::virtio`]);
 //! - `Error`, the architecture's typed error;
 //! - `ram_regions(memory_bytes)`: which guest-physical ranges are RAM;
 //! - `setup_vm(&VmFd)`: interrupt controllers and timers, before vCPUs exist;
@@ -20,7 +22,8 @@
 //!
 //! x86_64 is implemented and boots. aarch64 implements every step (FDT, GICv3, PSCI vCPUs,
 //! Image loader) and the builder follows arm64's ordering (vCPUs, then the GIC, then
-//! irqfds), but it has never run on arm64 hardware: see the `aarch64` module docs.
+//! irqfds); it boots Linux on TCG-emulated arm64 KVM (`tests/nested/arm64`), never yet on
+//! arm64 hardware: see the `aarch64` module docs.
 
 use std::sync::{Arc, Mutex};
 
@@ -54,6 +57,9 @@ pub struct BootInfo {
     pub initrd: Option<(GuestAddress, u64)>,
     /// Number of vCPUs.
     pub vcpus: u8,
+    /// The virtio-mmio devices: window base and interrupt line. Boot tables describe them
+    /// where the command line cannot (`VIRTIO_ON_CMDLINE` false).
+    pub virtio: Vec<(GuestAddress, u32)>,
 }
 
 /// Where a loaded kernel starts.

@@ -204,7 +204,10 @@ fn write_uart(fdt: &mut FdtWriter, uart: &MmioDevice) -> Result<(), FdtError> {
     fdt.property_string("compatible", "ns16550a")?;
     fdt.property_array_u64("reg", &[uart.base, uart.size])?;
     fdt.property_u32("clock-frequency", UART_CLOCK_HZ)?;
-    fdt.property_array_u32("interrupts", &[GIC_SPI, uart.irq, IRQ_TYPE_LEVEL_HIGH])?;
+    // Edge, not level: its line is an irqfd, which KVM raises and lowers at once. A
+    // level-sensitive SPI would be pending only while the line is high, so the guest could
+    // miss the pulse; an edge-triggered one latches it (as virtio-mmio's below).
+    fdt.property_array_u32("interrupts", &[GIC_SPI, uart.irq, IRQ_TYPE_EDGE_RISING])?;
     fdt.end_node(node)?;
     Ok(())
 }
@@ -324,7 +327,8 @@ mod tests {
         assert_eq!(reg[0].starting_address as u64, layout::SERIAL_MMIO_BASE);
         assert_eq!(
             cells(uart.property("interrupts").unwrap().value),
-            [0, layout::SERIAL_IRQ, 4]
+            [0, layout::SERIAL_IRQ, 1],
+            "an SPI, edge-triggered: its irqfd only pulses the line"
         );
         // Its interrupts go to the GIC: the root's interrupt-parent resolves to it.
         assert_eq!(fdt.find_phandle(phandle).map(|n| n.name), Some(gic.name));

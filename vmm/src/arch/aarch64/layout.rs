@@ -81,6 +81,22 @@ pub fn fdt_address(ram_end: u64) -> Option<u64> {
     (addr >= KERNEL_START).then_some(addr)
 }
 
+/// Bytes of the arm64 `Image` header [`image_end`] reads.
+pub const IMAGE_HEADER_SIZE: usize = 64;
+/// Offset of the header's little-endian `image_size` field.
+const IMAGE_SIZE_OFFSET: usize = 16;
+
+/// First address after the memory an arm64 `Image` claims once loaded at `load`: its
+/// header's `image_size` (Documentation/arch/arm64/booting.rst: the effective size, which
+/// counts the BSS and early page tables the file does not hold), the file's size if that is
+/// larger or the field is 0 (kernels before 3.17). `None` on overflow. linux-loader's
+/// `kernel_end` counts the file only, so an initramfs placed above it could land in the BSS.
+pub fn image_end(header: &[u8; IMAGE_HEADER_SIZE], load: u64, file_size: u64) -> Option<u64> {
+    let mut field = [0u8; 8];
+    field.copy_from_slice(&header[IMAGE_SIZE_OFFSET..IMAGE_SIZE_OFFSET + 8]);
+    load.checked_add(u64::from_le_bytes(field).max(file_size))
+}
+
 /// Where an initramfs of `size` bytes goes: page aligned, right below the FDT at `fdt`,
 /// above the kernel ending at `kernel_end`. `None` if it does not fit.
 pub fn initrd_address(fdt: u64, kernel_end: u64, size: u64) -> Option<u64> {
@@ -134,6 +150,28 @@ mod tests {
         assert_eq!(fdt_address(KERNEL_START + FDT_MAX_SIZE), Some(KERNEL_START));
         assert_eq!(fdt_address(KERNEL_START + FDT_MAX_SIZE - 1), None);
         assert_eq!(fdt_address(0), None);
+    }
+
+    #[test]
+    fn image_end_counts_the_bss_the_file_does_not_hold() {
+        let mut header = [0u8; IMAGE_HEADER_SIZE];
+        header[IMAGE_SIZE_OFFSET..IMAGE_SIZE_OFFSET + 8]
+            .copy_from_slice(&0x0123_0000u64.to_le_bytes());
+        assert_eq!(
+            image_end(&header, KERNEL_START, 0x0100_0000),
+            Some(KERNEL_START + 0x0123_0000)
+        );
+        // A file larger than its claimed size, or a pre-3.17 header (0): the file's size.
+        assert_eq!(
+            image_end(&header, KERNEL_START, 0x0200_0000),
+            Some(KERNEL_START + 0x0200_0000)
+        );
+        assert_eq!(
+            image_end(&[0; IMAGE_HEADER_SIZE], KERNEL_START, 0x1000),
+            Some(KERNEL_START + 0x1000)
+        );
+        header[IMAGE_SIZE_OFFSET..IMAGE_SIZE_OFFSET + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(image_end(&header, KERNEL_START, 0), None);
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub const VIRTIO_MMIO_BASE: u64 = layout::MMIO_GAP_START;
 /// The first virtio-mmio device's IRQ (IOAPIC pin / GSI); the next device takes the next.
 /// Pins 5..=23 are free (the MP table routes all 24 pins).
 pub const VIRTIO_IRQ_BASE: u32 = 5;
+/// virtio-mmio devices are declared on the command line (`virtio_mmio.device=`): an IOAPIC
+/// pin number is also the guest's Linux IRQ number.
+pub const VIRTIO_ON_CMDLINE: bool = true;
 /// How many virtio-mmio devices fit the free IRQs.
 pub const VIRTIO_MAX_DEVICES: u32 = 24 - VIRTIO_IRQ_BASE;
 /// `hvm_start_info.magic`.

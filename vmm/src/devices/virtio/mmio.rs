@@ -1,7 +1,7 @@
 //! The virtio-mmio transport, version 2 (virtio 1.x, section 4.2.2): the register file a
 //! driver uses to discover a device, negotiate features, set up queues and acknowledge
 //! interrupts. The guest learns about a device from `virtio_mmio.device=<size>@<base>:<irq>`
-//! on its command line.
+//! on its command line (x86_64) or from a `virtio,mmio` node in its FDT (aarch64).
 //!
 //! Every register access is checked: registers are 32 bits wide (other widths read as 0 and
 //! are ignored), queue selectors out of range select nothing, queue setup after activation
