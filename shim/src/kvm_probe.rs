@@ -91,15 +91,8 @@ pub fn store(path: &Path, probe: &KvmProbe) {
     }) else {
         return;
     };
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let written = path
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(&tmp, json))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
+    if let Err(e) = crate::util::write_atomic(path, &json) {
         log::debug!("recording the KVM verdict at {}: {e}", path.display());
-        let _ = std::fs::remove_file(&tmp);
     }
 }
 

@@ -61,6 +61,21 @@ fn read_tail(path: &Path) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// Writes `bytes` to `path` whole or not at all (a temporary file beside it, then a rename),
+/// creating the parent directory; for host-wide caches other shims read concurrently.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// The last `lines` lines of a log file as one string (lines joined by ` / `), or a note
 /// saying why there are none. Reads at most the last 64 KiB; bytes that are not UTF-8 are
 /// replaced (the file may hold guest output).

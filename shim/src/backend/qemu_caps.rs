@@ -98,14 +98,8 @@ pub async fn privdrop(binary: &Path, cache: &Path) -> Result<PrivDrop, String> {
     let style = PrivDrop::from_help(&String::from_utf8_lossy(&out.stdout));
     if let Some(key) = key {
         if let Ok(json) = serde_json::to_vec(&Cached { key, style }) {
-            let tmp = cache.with_extension(format!("tmp.{}", std::process::id()));
-            let written = cache
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| std::fs::write(&tmp, json))
-                .and_then(|()| std::fs::rename(&tmp, cache));
-            if written.is_err() {
-                let _ = std::fs::remove_file(&tmp);
+            if let Err(e) = crate::util::write_atomic(cache, &json) {
+                log::debug!("recording QEMU's options at {}: {e}", cache.display());
             }
         }
     }
