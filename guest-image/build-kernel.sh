@@ -10,6 +10,11 @@
 #   $HULL_CACHE_DIR/kernel-<basename dir>-<hash>/
 # The nested test harness uses it for its L1 KVM host kernel (guest-image/l1). Unset, the
 # inputs and the cache key are exactly the guest kernel's.
+#
+# HULL_KERNEL_ARCH=arm64 (optional; default x86_64) cross-builds an arm64 `Image` with
+# aarch64-linux-gnu-gcc, cached as $HULL_CACHE_DIR/kernel-arm64-<hash>/; with it,
+# HULL_KERNEL_BASE=<dir> names the fragments to start from instead of kernel/ (the x86
+# guest's). tests/nested/arm64/build-kernel.sh uses both.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,19 +22,29 @@ cache=${HULL_CACHE_DIR:-/var/cache/hull}
 tarball=${HULL_LINUX_TARBALL:-/usr/src/linux-source-6.1.tar.xz}
 jobs=${HULL_JOBS:-$(nproc)}
 extra=${HULL_KERNEL_EXTRA:-}
-fragments=("$here"/kernel/*.config)
-variant=kernel
+arch=${HULL_KERNEL_ARCH:-x86_64}
+base=$(cd "${HULL_KERNEL_BASE:-$here/kernel}" && pwd)
+case "$arch" in
+    x86_64) cross=; karch=(); targets=(vmlinux bzImage); variant=kernel ;;
+    arm64) cross=aarch64-linux-gnu-; karch=(ARCH=arm64 CROSS_COMPILE="$cross"); targets=(Image)
+           variant=kernel-arm64 ;;
+    *) echo "build-kernel: HULL_KERNEL_ARCH=$arch: expected x86_64 or arm64" >&2; exit 1 ;;
+esac
+fragments=("$base"/*.config)
+[ -f "${fragments[0]}" ] || { echo "build-kernel: no *.config in $base" >&2; exit 1; }
 if [ -n "$extra" ]; then
     extra=$(cd "$extra" && pwd)
     extra_fragments=("$extra"/*.config)
     [ -f "${extra_fragments[0]}" ] || { echo "build-kernel: no *.config in $extra" >&2; exit 1; }
     fragments+=("${extra_fragments[@]}")
-    variant="kernel-$(basename "$extra")"
+    variant="$variant-$(basename "$extra")"
 fi
 
 log() { echo "build-kernel: $*" >&2; }
+kmake() { make -s -C "$src" O="$build" "${karch[@]}" "$@"; }
 
 [ -f "$tarball" ] || { log "no kernel source at $tarball (apt-get install linux-source-6.1)"; exit 1; }
+command -v "${cross}gcc" >/dev/null || { log "no ${cross}gcc (apt-get install gcc-aarch64-linux-gnu)"; exit 1; }
 mkdir -p "$cache"
 
 # The tarball is hashed by content once and remembered by (path, size, mtime): hashing
@@ -46,8 +61,12 @@ fi
 # this script), so editing the script reuses the compiled tree incrementally.
 cfghash=$( {
     echo "src $srcsum"
-    gcc --version | head -n1
-    for f in "$here"/kernel/*.config; do sha256sum "$f"; done
+    "${cross}gcc" --version | head -n1
+    # The guest's own fragments by their path in the checkout (the key the x86 guest
+    # kernel always had); another base by file name, like the extra fragments.
+    for f in "$base"/*.config; do
+        if [ "$base" = "$here/kernel" ]; then sha256sum "$f"; else echo "base $(basename "$f") $(sha256sum <"$f")"; fi
+    done
     # Extra fragments are named by file name only, so the key does not depend on where
     # the checkout lives.
     if [ -n "$extra" ]; then
@@ -79,8 +98,8 @@ fi
 build="$cache/kbuild-$variant-$srcsum"
 mkdir -p "$build"
 cat "${fragments[@]}" >"$build/hull.config"
-log "configuring (allnoconfig + fragments)"
-make -s -C "$src" O="$build" KCONFIG_ALLCONFIG="$build/hull.config" allnoconfig >&2
+log "configuring $arch (allnoconfig + fragments)"
+kmake KCONFIG_ALLCONFIG="$build/hull.config" allnoconfig >&2
 
 # Every option a fragment asks for must survive Kconfig's dependency resolution: a
 # silently dropped option would otherwise surface much later as a missing guest feature.
@@ -97,25 +116,29 @@ while IFS= read -r line; do
 done < <(grep -vE '^[[:space:]]*(#|$)' "$build/hull.config" | tac | awk -F= '!seen[$1]++' | tac)
 [ "$missing" = 0 ] || { log "kernel config does not match the fragments"; exit 1; }
 
-log "building vmlinux and bzImage with -j$jobs (a cold build takes minutes)"
+log "building ${targets[*]} with -j$jobs (a cold build takes minutes)"
 start=$(date +%s)
 # gen_init_cpio is a host program of usr/ (built with vmlinux when BLK_DEV_INITRD=y).
 # It cannot be a make goal of its own: a cold tree has no rule for it ("No rule to make
 # target 'usr/gen_init_cpio'"), so build the usr/ directory if vmlinux did not.
-{ make -s -C "$src" O="$build" -j"$jobs" vmlinux bzImage &&
-  { [ -x "$build/usr/gen_init_cpio" ] || make -s -C "$src" O="$build" usr/; }
+{ kmake -j"$jobs" "${targets[@]}" &&
+  { [ -x "$build/usr/gen_init_cpio" ] || kmake usr/; }
 } >"$build/build.log" 2>&1 ||
     { tail -n 40 "$build/build.log" >&2; log "kernel build failed; full log in $build/build.log"; exit 1; }
 log "built in $(( $(date +%s) - start )) s"
 
 tmp="$out.tmp"
 rm -rf "$tmp" && mkdir -p "$tmp"
-cp "$build/vmlinux" "$tmp/vmlinux"
-cp "$build/arch/x86/boot/bzImage" "$tmp/bzImage"
+if [ "$arch" = arm64 ]; then
+    cp "$build/arch/arm64/boot/Image" "$tmp/Image"
+else
+    cp "$build/vmlinux" "$tmp/vmlinux"
+    cp "$build/arch/x86/boot/bzImage" "$tmp/bzImage"
+fi
 cp "$build/.config" "$tmp/config"
 # The kernel's own cpio writer: builds the initramfs (with its /dev/console node) without root.
 cp "$build/usr/gen_init_cpio" "$tmp/gen_init_cpio"
-make -s -C "$src" O="$build" kernelrelease >"$tmp/release"
+kmake kernelrelease >"$tmp/release"
 touch "$tmp/.done"
 rm -rf "$out" && mv "$tmp" "$out"
 echo "$out"
