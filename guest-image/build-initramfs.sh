@@ -4,6 +4,8 @@
 # Usage: build-initramfs.sh AGENT_BINARY KERNEL_DIR
 #   KERNEL_DIR is build-kernel.sh's output (for the kernel's gen_init_cpio, which writes the
 #   archive, device node included, without needing root).
+#   HULL_STRIP (optional, default strip): the strip for the agent's architecture
+#   (tests/nested/arm64 passes aarch64-linux-gnu-strip).
 # Output: $HULL_CACHE_DIR/initramfs-<hash>/initramfs.cpio (uncompressed: nothing to
 # decompress at boot), keyed by the agent binary and this script. Prints the directory.
 set -euo pipefail
@@ -30,7 +32,7 @@ trap 'rm -rf "$tmp"' EXIT
 # Symbols stripped: the unpacked /init lives in guest RAM for the VM's lifetime, and every
 # VM start copies the archive into guest memory (about 20% smaller; panics in the guest
 # then print addresses, which `addr2line -e <the unstripped agent>` resolves).
-strip -o "$tmp/init" "$agent"
+"${HULL_STRIP:-strip}" -o "$tmp/init" "$agent"
 cat >"$tmp/list" <<LIST
 dir /dev 0755 0 0
 nod /dev/console 0600 0 0 c 5 1

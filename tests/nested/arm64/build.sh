@@ -66,19 +66,10 @@ file /bin/vsock-ping $out/vsock-ping 0755 0 0
 LIST
 "$kdir/gen_init_cpio" "$out/l2.list" >"$out/l2.cpio"
 
-# hull's own guest userland, laid out as guest-image/build-initramfs.sh does: hull-agent
-# as /init and its mount points.
-cat >"$out/agent.list" <<LIST
-dir /dev 0755 0 0
-nod /dev/console 0600 0 0 c 5 1
-dir /proc 0555 0 0
-dir /sys 0555 0 0
-dir /run 0755 0 0
-dir /tmp 1777 0 0
-dir /etc 0755 0 0
-file /init $agent 0755 0 0
-LIST
-"$kdir/gen_init_cpio" "$out/agent.list" >"$out/agent.cpio"
+# hull's own guest userland: the initramfs guest-image/build-initramfs.sh makes for x86_64
+# (hull-agent as /init, its mount points), here from the aarch64 agent.
+idir=$(HULL_STRIP=aarch64-linux-gnu-strip "$top/guest-image/build-initramfs.sh" "$agent" "$kdir")
+cp "$idir/initramfs.cpio" "$out/agent.cpio"
 
 cat >"$out/l1.list" <<LIST
 dir /dev 0755 0 0
