@@ -19,7 +19,8 @@
 //! id, and walks the whole range before it gives up with an error that names the range.
 //!
 //! Not here: a user or mount namespace; how each backend drops to the id (hull-vmm's
-//! `--uid/--gid/--chroot`, QEMU's `-runas/-chroot`, the vsock daemon started as the id).
+//! `--uid/--gid/--chroot`, QEMU's `-runas/-chroot` or `-run-with`, the vsock daemon started
+//! as the id).
 //! virtiofsd stays root: it serves files of every owner (it confines itself with a chroot
 //! and seccomp).
 
@@ -265,12 +266,7 @@ pub fn release_stale(path: &Path) {
     let Ok(file) = File::open(path) else {
         return;
     };
-    if !matches!(try_lock(&file), Ok(true)) {
-        return;
-    }
-    let ours = file.metadata().map(|m| m.ino()).ok();
-    let current = std::fs::metadata(path).map(|m| m.ino()).ok();
-    if ours.is_some() && ours == current {
+    if matches!(claim(&file, path), Ok(true)) {
         // Unlinked while we hold it: an allocator that opened it meanwhile finds the inode
         // gone from the path and moves on.
         if let Err(e) = std::fs::remove_file(path) {

@@ -8,8 +8,8 @@
 //!
 //! Confinement ([`Qemu::jail`], the config's `jail_ids`): the two processes that parse what
 //! the guest writes run as the pod's own uid/gid ([`super::jail`]). QEMU starts as root,
-//! opens everything, then (`-runas`, `-chroot`) becomes the id in an empty directory before
-//! the guest runs; `vhost-device-vsock` is started as the id, with its sockets in the pod's
+//! opens everything, then becomes the id in an empty directory before the guest runs
+//! (`-runas`/`-chroot` or `-run-with`, whichever it has: [`super::qemu_caps`]); `vhost-device-vsock` is started as the id, with its sockets in the pod's
 //! vsock directory (given to the id). virtiofsd stays root (it serves files of every owner;
 //! it confines itself).
 
@@ -320,6 +320,26 @@ impl Hypervisor for Qemu {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn VmProcesses>, BackendError> {
+        // Which options this QEMU drops privileges with, before taking an id for it.
+        let style = match self.jail {
+            None => None,
+            Some(_) => {
+                let cannot = |reason| BackendError::QemuCannotConfine {
+                    program: self.binary.clone(),
+                    reason,
+                };
+                match qemu_caps::privdrop(&self.binary, Path::new(qemu_caps::CACHE_PATH)).await {
+                    Ok(PrivDrop::Unsupported) => {
+                        return Err(cannot(
+                            "its -help shows neither -run-with user= nor -runas with -chroot"
+                                .into(),
+                        ))
+                    }
+                    Ok(style) => Some(style),
+                    Err(reason) => return Err(cannot(reason)),
+                }
+            }
+        };
         let jail = match self.jail {
             Some(range) => {
                 // The vsock daemon creates its sockets in the directory: it gets it.
@@ -332,25 +352,7 @@ impl Hypervisor for Qemu {
             None => None,
         };
         let run_as = jail.as_ref().map(JailId::id);
-        let qemu_jail = match run_as {
-            None => None,
-            Some(id) => {
-                let cannot = |reason| BackendError::QemuCannotConfine {
-                    program: self.binary.clone(),
-                    reason,
-                };
-                match qemu_caps::privdrop(&self.binary, Path::new(qemu_caps::CACHE_PATH)).await {
-                    Ok(PrivDrop::Unsupported) => {
-                        return Err(cannot(
-                            "its -help shows neither -run-with user= nor -runas with -chroot"
-                                .into(),
-                        ))
-                    }
-                    Ok(style) => Some((id, style)),
-                    Err(reason) => return Err(cannot(reason)),
-                }
-            }
-        };
+        let qemu_jail = run_as.zip(style);
         // Helpers first: QEMU needs their vhost-user sockets to exist when it starts.
         let mut helpers = vec![
             Helper::start(
