@@ -232,9 +232,10 @@ fn uid_of(path: &Path) -> u32 {
 /// left once it is gone. Needs root (chown), as the shim has.
 #[tokio::test]
 async fn a_jailed_hull_vmm_gets_the_listener_not_the_vsock_directory_and_its_id_is_freed() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root (chown), as the shim");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (chown), as the shim"
+    );
     let t = setup();
     let s = spec(&t.state);
     std::fs::create_dir(t.state.join("vsock")).unwrap();
@@ -364,10 +365,8 @@ async fn hull_vmm_boots_the_guest_image_with_a_share_and_shuts_it_down() {
 /// which id and what to do. Needs root, as the shim.
 #[tokio::test]
 async fn a_daemon_the_pod_id_cannot_run_is_named_with_the_id_and_the_fix() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
+    assert!(
+        nix::unistd::geteuid().is_root(),
         "this test needs root (to start a process as another id)"
     );
     let t = setup();
