@@ -6,9 +6,9 @@
 //! vCPUs); [`vstate::Vm::run`] runs it until the guest resets or powers off, or a vCPU
 //! fails, and reports why as an [`vstate::ExitReason`].
 //!
-//! Architecture-specific code lives in [`arch`] behind one small set of functions. x86_64 is
-//! implemented (PVH direct boot of `vmlinux`); aarch64 has its FDT, GICv3, PSCI
-//! vCPUs and Image loader, but the builder's device/vCPU order does not fit arm64 yet.
+//! Architecture-specific code lives in [`arch`] behind one small set of functions: x86_64
+//! (PVH `vmlinux` or `bzImage`) and aarch64 (Image, FDT, GICv3, PSCI; booted so far only on
+//! TCG-emulated arm64 KVM, `tests/nested/arm64/`).
 //!
 //! virtio devices sit on the virtio-mmio transport ([`devices::virtio`]): vsock, block (raw
 //! image files), net (a tap), and virtio-fs as a vhost-user frontend to virtiofsd
@@ -24,7 +24,7 @@
 //! The kernel is an ELF `vmlinux` (PVH entry) or a `bzImage` (Linux boot protocol) on
 //! x86_64 ([`arch`]).
 //!
-//! Not here yet: aarch64 boot (tracked in issue 3).
+//! Sockets the VMM listens on appear only once they accept connections ([`uds`]).
 
 pub mod api;
 pub mod arch;
@@ -35,4 +35,5 @@ pub mod memory;
 pub mod metrics;
 pub mod privileges;
 pub mod seccomp;
+pub mod uds;
 pub mod vstate;

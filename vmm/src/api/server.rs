@@ -8,12 +8,13 @@
 //! closed on accept); a line longer than [`MAX_REQUEST`] gets an error reply and the
 //! connection is closed; a client that does not read its replies (the socket buffer is full)
 //! is dropped. The socket file is created by [`ApiServer::bind`] (a stale socket there is
-//! replaced, any other file is refused) and removed when the server is dropped.
+//! replaced, any other file is refused; it appears already listening, see [`crate::uds`])
+//! and removed when the server is dropped.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -59,18 +60,7 @@ impl ApiServer {
     /// Binds the control socket at `path`. A stale socket there is replaced; any other
     /// kind of file is an `AlreadyExists` error and is left alone.
     pub fn bind(path: &Path) -> std::io::Result<Self> {
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
-            Ok(_) => {
-                return Err(std::io::Error::new(
-                    ErrorKind::AlreadyExists,
-                    "exists and is not a socket",
-                ))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = UnixListener::bind(path)?;
+        let listener = crate::uds::bind_listening(path)?;
         let m = std::fs::symlink_metadata(path)?;
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;

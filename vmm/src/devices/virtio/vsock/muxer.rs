@@ -183,19 +183,7 @@ impl Muxer {
     /// Binds the host socket at `uds_path` for the guest with `guest_cid`. A stale socket
     /// there is replaced; any other kind of file is an `AlreadyExists` error, never deleted.
     pub fn new(uds_path: &Path, guest_cid: u64) -> std::io::Result<Self> {
-        use std::os::unix::fs::FileTypeExt;
-        match std::fs::symlink_metadata(uds_path) {
-            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(uds_path)?,
-            Ok(_) => {
-                return Err(std::io::Error::new(
-                    ErrorKind::AlreadyExists,
-                    "exists and is not a socket",
-                ))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = UnixListener::bind(uds_path)?;
+        let listener = crate::uds::bind_listening(uds_path)?;
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
         let m = Muxer {
