@@ -103,6 +103,57 @@ pub fn first_line_containing(path: &Path, needle: &str) -> Option<String> {
         .map(|l| l.trim().to_string())
 }
 
+/// `__SO_ACCEPTCON` in `/proc/net/unix`'s Flags column: the socket is listening.
+const SO_ACCEPTCON: u32 = 0x0001_0000;
+
+/// Whether process `pid` holds a listening unix socket bound to a file named like `socket`.
+///
+/// A daemon's socket file exists from its `bind(2)`, but connections are refused until its
+/// `listen(2)`; QEMU and hull-vmm connect once and give up. The socket is found by the
+/// daemon's own descriptors (its `/proc/<pid>/fd` links to `socket:[inode]`) in its network
+/// namespace's `/proc/<pid>/net/unix`; the file name is compared, not the whole path, since
+/// a daemon may have bound a path relative to its working directory.
+pub fn holds_listening_socket(pid: u32, socket: &Path) -> bool {
+    let Some(name) = socket.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/unix")) else {
+        return false;
+    };
+    let listening = listening_inodes_named(&table, name);
+    if listening.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        })
+        .any(|ino| listening.contains(&ino))
+}
+
+/// Inodes of the listening sockets in a `/proc/net/unix` table whose path ends in `name`.
+fn listening_inodes_named(table: &str, name: &str) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // Num RefCount Protocol Flags Type St Inode [Path]
+            let mut f = line.split_whitespace();
+            let flags = u32::from_str_radix(f.nth(3)?, 16).ok()?;
+            let inode = f.nth(2)?.parse::<u64>().ok()?;
+            let path = Path::new(f.next()?);
+            (flags & SO_ACCEPTCON != 0 && path.file_name()?.to_str()? == name).then_some(inode)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +211,42 @@ mod tests {
         let p = dir.path().join("log");
         std::fs::write(&p, b"\xff\xfe\x00ok\n").unwrap();
         assert!(tail_of_file(&p, 1).ends_with("ok"));
+    }
+    #[test]
+    fn listening_sockets_are_told_from_bound_ones_by_name() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 101 vhost-vsock.sock\n\
+            0000000000000000: 00000002 00000000 00000000 0001 01 102 /run/hull/p/virtiofs.sock\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 103 /run/hull/q/virtiofs.sock\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 104\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 105 @abstract\n\
+            garbage\n";
+        assert_eq!(listening_inodes_named(table, "vhost-vsock.sock"), vec![101]);
+        assert_eq!(listening_inodes_named(table, "virtiofs.sock"), vec![103]);
+        assert!(listening_inodes_named(table, "api.sock").is_empty());
+    }
+
+    #[test]
+    fn a_bound_socket_listens_only_after_listen() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.sock");
+        let pid = std::process::id();
+        // bind(2) without listen(2), as a daemon is between the two.
+        let fd = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let addr = nix::sys::socket::UnixAddr::new(path.as_os_str().as_bytes()).unwrap();
+        nix::sys::socket::bind(fd.as_raw_fd(), &addr).unwrap();
+        assert!(path.exists());
+        assert!(!holds_listening_socket(pid, &path));
+        nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(8).unwrap()).unwrap();
+        assert!(holds_listening_socket(pid, &path));
+        assert!(!holds_listening_socket(pid, &dir.path().join("other.sock")));
     }
 }

@@ -367,6 +367,15 @@ fn an_inherited_tap_fd_is_adopted_and_the_nic_comes_after_the_disks() {
 }
 
 /// Starts `virtiofsd` (from PATH) on `share`, listening on `socket`.
+/// Whether a listening unix socket (Flags `__SO_ACCEPTCON`) is bound at `path`.
+fn listening(path: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
+    table.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() == 8 && f[3] == "00010000" && Path::new(f[7]) == path
+    })
+}
+
 fn start_virtiofsd(share: &Path, socket: &Path) -> std::process::Child {
     let mut child = std::process::Command::new("virtiofsd")
         .args(["--socket-path", socket.to_str().unwrap()])
@@ -377,13 +386,14 @@ fn start_virtiofsd(share: &Path, socket: &Path) -> std::process::Child {
         .spawn()
         .expect("this test needs virtiofsd in PATH (cargo install virtiofsd)");
     let start = Instant::now();
-    while !socket.exists() {
+    // Its file exists from bind(2); connections are refused until listen(2).
+    while !listening(socket) {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("virtiofsd exited with {status}");
         }
         assert!(
             start.elapsed() < std::time::Duration::from_secs(5),
-            "no virtiofsd socket"
+            "virtiofsd is not listening"
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }

@@ -435,7 +435,8 @@ impl Helper {
         })
     }
 
-    /// Starts a vhost-user daemon as `how` says and waits until it created `socket`.
+    /// Starts a vhost-user daemon as `how` says and waits until it listens on `socket` (its
+    /// file alone is not enough: connections are refused between bind and listen).
     pub(super) async fn start(
         program: &Path,
         args: &[String],
@@ -445,11 +446,15 @@ impl Helper {
     ) -> Result<Helper, BackendError> {
         let mut h = Helper::spawn(program, args, log, how)?;
         let start = Instant::now();
-        while !socket.exists() {
+        while !h
+            .child
+            .id()
+            .is_some_and(|pid| crate::util::holds_listening_socket(pid, socket))
+        {
             let failed = match h.child.try_wait() {
                 Ok(Some(status)) => Some(format!("exited with {status}")),
                 Ok(None) if start.elapsed() > HELPER_START_TIMEOUT => Some(format!(
-                    "no socket {} after {HELPER_START_TIMEOUT:?}",
+                    "not listening on {} after {HELPER_START_TIMEOUT:?}",
                     socket.display()
                 )),
                 Ok(None) => None,
