@@ -11,6 +11,7 @@ packages=(
     linux-source-6.1         # the guest kernel's source
     build-essential flex bison bc libelf-dev libssl-dev   # to build the guest kernel
     file                     # build-initramfs.sh checks that the agent is static
+    python3                  # builds the test image; the shim's tests fake a daemon with it
     busybox-static           # the rootfs of test containers
     runc                     # the reference runtime of the conformance tests
     containerd               # the containerd tests and the demo run a private instance

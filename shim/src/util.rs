@@ -154,6 +154,30 @@ fn listening_inodes_named(table: &str, name: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Writes an executable script for a test, from a child process: a sibling test that forks
+/// while this process holds the file open for writing would pass that descriptor on until
+/// its exec, and running the script then fails with ETXTBSY ("Text file busy").
+#[cfg(test)]
+pub(crate) fn write_script(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("running sh");
+    let mut stdin = child.stdin.take().expect("a pipe");
+    stdin
+        .write_all(text.as_bytes())
+        .expect("writing the script");
+    drop(stdin);
+    assert!(
+        child.wait().expect("waiting for sh").success(),
+        "writing {}",
+        path.display()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

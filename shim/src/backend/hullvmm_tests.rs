@@ -97,18 +97,21 @@ fn a_confined_vmm_runs_as_its_pod_id_chrooted_in_the_vsock_directory() {
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    crate::util::write_script(&p, &format!("#!/bin/sh\n{body}\n"));
     p
 }
 
-/// A virtiofsd stand-in: records its pid in the state dir, creates its socket path and
-/// waits.
+/// A virtiofsd stand-in: records its pid beside `--socket-path`, then listens there (the
+/// shim waits for a listening socket, not for the file) and waits.
 const FAKE_VIRTIOFSD: &str = r#"while [ $# -gt 0 ]; do
-  if [ "$1" = --socket-path ]; then echo $$ > "$(dirname "$2")/vfsd.pid"; : > "$2"; fi
+  if [ "$1" = --socket-path ]; then sock=$2; echo $$ > "$(dirname "$2")/vfsd.pid"; fi
   shift
 done
-exec sleep 600"#;
+exec python3 -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen()
+time.sleep(600)' "$sock""#;
 
 fn alive(pid: u32) -> bool {
     // A reaped child has no /proc entry; a zombie would still have one.
@@ -254,9 +257,9 @@ async fn a_jailed_hull_vmm_gets_the_listener_not_the_vsock_directory_and_its_id_
     };
     let mut vm = hv.launch(&s).await.unwrap();
     let mut args = String::new();
-    for _ in 0..100 {
+    for _ in 0..500 {
         args = std::fs::read_to_string(&args_file).unwrap_or_default();
-        if !args.is_empty() {
+        if args.ends_with('\n') {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

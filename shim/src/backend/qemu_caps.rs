@@ -139,21 +139,18 @@ mod tests {
         // A stand-in QEMU that counts how often it is asked.
         let qemu = dir.path().join("qemu");
         let count = dir.path().join("asked");
-        std::fs::write(
+        crate::util::write_script(
             &qemu,
-            format!(
+            &format!(
                 "#!/bin/sh\necho x >> {}\necho '-runas user   change'\necho '-chroot dir   chroot'\n",
                 count.display()
             ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         assert_eq!(privdrop(&qemu, &cache).await, Ok(PrivDrop::RunAs));
         assert_eq!(privdrop(&qemu, &cache).await, Ok(PrivDrop::RunAs));
         assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 1);
         // A new binary (another size) is asked again.
-        std::fs::write(&qemu, "#!/bin/sh\necho '-run-with [chroot=dir][user=u]'\n").unwrap();
+        crate::util::write_script(&qemu, "#!/bin/sh\necho '-run-with [chroot=dir][user=u]'\n");
         assert_eq!(privdrop(&qemu, &cache).await, Ok(PrivDrop::RunWith));
         assert!(privdrop(&dir.path().join("none"), &cache).await.is_err());
     }

@@ -429,14 +429,11 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("logger.sh");
-        std::fs::write(
+        crate::util::write_script(
             &script,
             "#!/bin/sh\nexec 5>&-\ncat <&3 >\"$2/out\" & cat <&4 >\"$2/err\" & wait\n\
              echo \"$CONTAINER_ID $CONTAINER_NAMESPACE $1 $3\" >\"$2/env\"\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        );
         let uri = format!(
             "binary://{}?dir={}&x",
             script.display(),
@@ -468,9 +465,7 @@ mod tests {
         assert!(e.contains("/nonexistent/logger"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("dies.sh");
-        std::fs::write(&script, "#!/bin/sh\nexit 3\n").unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        crate::util::write_script(&script, "#!/bin/sh\nexit 3\n");
         let e = open(&format!("binary://{}", script.display()), "", "c", "ns")
             .await
             .unwrap_err()
