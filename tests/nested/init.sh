@@ -37,6 +37,15 @@ check_kvm() {
 # Prints an L2 console / VMM log with a prefix, so it is told apart from L1's output.
 dump() { sed "s/^/$2| /" "$1" 2>/dev/null | tail -n 40; }
 # The kernel's audit lines of the last seccomp kills (they name the syscall).
+# Waits (up to 5 s) until a unix socket listens at $1: its file exists from bind(2), but
+# hull-vmm connects once, and is refused until listen(2).
+wait_listening() {
+    i=0
+    until awk -v p="$1" '$4 == "00010000" && $8 == p { f = 1 } END { exit !f }' /proc/net/unix; do
+        [ $i -lt 500 ] || return 1
+        sleep 0.01; i=$((i + 1))
+    done
+}
 audit() { dmesg | grep 'audit.*syscall=' | tail -n 3 | sed 's/^/KERNEL| /'; }
 
 # Boots the real guest image with kernel $2 (check name $1); passes when the agent reports
@@ -318,8 +327,7 @@ check_virtiofs() {
     virtiofsd --socket-path /tmp/fs.sock --shared-dir /tmp/share --sandbox chroot \
         --cache auto >/tmp/virtiofsd.log 2>&1 &
     vfsd=$!
-    i=0
-    while [ ! -S /tmp/fs.sock ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+    wait_listening /tmp/fs.sock
     sleep 0.2
     idle_kb=$(pss_kb "$vfsd"); idle_anon_kb=$(pss_anon_kb "$vfsd")
     start=$(now)
@@ -362,8 +370,7 @@ check_virtiofs_death() {
     virtiofsd --socket-path /tmp/fs2.sock --shared-dir /tmp/share2 --sandbox chroot \
         >/tmp/virtiofsd2.log 2>&1 &
     vfsd=$!
-    i=0
-    while [ ! -S /tmp/fs2.sock ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+    wait_listening /tmp/fs2.sock
     hull-vmm --kernel /l2/vmlinux --initrd /l2/initramfs.cpio \
         --cmdline "$L2_CMDLINE" --vcpus 1 --memory-mib 256 $SECCOMP_FLAG \
         --fs hull-share=/tmp/fs2.sock \
