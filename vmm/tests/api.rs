@@ -153,7 +153,8 @@ fn pause_stops_the_guest_resume_restarts_it_and_shutdown_ends_hull_vmm() {
 
     let m = c.ok("metrics")["metrics"].clone();
     assert!(m["vcpu_exits"]["io_out"].as_u64().unwrap() >= 20, "{m}");
-    assert!(m["console_bytes"].as_u64().unwrap() >= before, "{m}");
+    // The counter goes up just after each one-byte write to the file: it may lag by one.
+    assert!(m["console_bytes"].as_u64().unwrap() + 1 >= before, "{m}");
     assert!(m["vsock"].is_null(), "no vsock device: {m}");
     let first = &m["first_kvm_run"];
     assert!(first["monotonic_ns"].as_u64().unwrap() > 0, "{m}");

@@ -69,7 +69,7 @@ pub const SHARE_TAG: &str = "hull-share";
 /// same CID.
 pub const GUEST_CID: u32 = 3;
 /// How long the vsock daemon may take to create its vhost-user socket.
-const HELPER_START_TIMEOUT: Duration = Duration::from_secs(5);
+const HELPER_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The QEMU backend's settings.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use crate::api::{self, Request, Response};
 use crate::metrics::Metrics;
 
 /// How long `pause` waits for every vCPU to park.
-pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the end of the VM waits for vCPU threads to leave.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
