@@ -9,8 +9,9 @@
 //! (kind, offset u16 LE, value u32 LE; kind bit 0 = write, bits 1-2 = width 1/2/4/8),
 //! then a control byte and the RAM image as `hull_vmm_fuzz::Guest` reads them.
 //!
-//! Oracles besides "no panic": the device is activated at most once, only with queues that
-//! are valid in guest memory and only with features it offered.
+//! Oracles besides "no panic": the device is activated at most once between two resets,
+//! only with queues that are valid in guest memory and only with features it offered; the
+//! transport asks it to reset only while it is active (then the driver may start over).
 #![no_main]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,9 @@ use std::sync::Arc;
 
 use hull_vmm::devices::virtio::mmio::MmioTransport;
 use hull_vmm::devices::virtio::vsock::packet::{self, op, Header, MAX_PAYLOAD};
-use hull_vmm::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use hull_vmm::devices::virtio::{
+    ActivateError, Interrupt, ResetError, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use hull_vmm::devices::BusDevice;
 use hull_vmm_fuzz::{Guest, QUEUE_MAX};
 use libfuzzer_sys::fuzz_target;
@@ -84,6 +87,13 @@ impl VirtioDevice for Consumer {
                 interrupt.signal_used_queue();
             }
         }
+        Ok(())
+    }
+    fn reset(&mut self) -> Result<(), ResetError> {
+        assert!(
+            self.activated.swap(false, Ordering::SeqCst),
+            "reset while not active"
+        );
         Ok(())
     }
 }

@@ -208,10 +208,15 @@ impl MmioTransport {
     fn write_status(&mut self, v: u32) {
         if v == 0 {
             if self.active {
-                // The device's thread owns the queues now; a reset cannot take them back.
-                self.errors
-                    .record(format_args!("the driver reset an active device; ignored"));
-                return;
+                // The device's thread owns the queues: it must stop and hand its host side
+                // back before the registers forget them.
+                if let Err(e) = self.device.reset() {
+                    self.errors.record(format_args!(
+                        "the driver reset an active device: {e}; it keeps its queues"
+                    ));
+                    return;
+                }
+                self.active = false;
             }
             self.status = 0;
             self.acked_features = 0;
@@ -308,6 +313,7 @@ mod tests {
     struct Dummy {
         events: Vec<EventFd>,
         activated: Activated,
+        resettable: bool,
     }
 
     impl VirtioDevice for Dummy {
@@ -339,14 +345,26 @@ mod tests {
             *self.activated.lock().unwrap() = Some((queues.len(), acked));
             Ok(())
         }
+        fn reset(&mut self) -> Result<(), super::super::ResetError> {
+            if !self.resettable {
+                return Err(super::super::ResetError::Unsupported);
+            }
+            *self.activated.lock().unwrap() = None;
+            Ok(())
+        }
     }
 
     fn transport() -> (MmioTransport, Activated, Arc<Interrupt>) {
+        transport_of(false)
+    }
+
+    fn transport_of(resettable: bool) -> (MmioTransport, Activated, Arc<Interrupt>) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let activated = Arc::new(Mutex::new(None));
         let dev = Dummy {
             events: vec![EventFd::new(0).unwrap(), EventFd::new(0).unwrap()],
             activated: activated.clone(),
+            resettable,
         };
         let irq = Arc::new(Interrupt::new(EventFd::new(0).unwrap()));
         (
@@ -419,11 +437,31 @@ mod tests {
         bring_up(&mut t, 1);
         assert_eq!(*activated.lock().unwrap(), Some((2, 1 << 32)));
         assert_eq!(t.status() & STATUS_FAILED, 0);
-        // Queue setup after activation is ignored, a reset too.
+        // Queue setup after activation is ignored, and so is the reset of a device that
+        // cannot be reset once active.
         w(&mut t, REG_QUEUE_SEL, 0);
         w(&mut t, REG_QUEUE_READY, 0);
         w(&mut t, REG_STATUS, 0);
         assert_ne!(t.status(), 0);
+        assert!(activated.lock().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_reset_device_forgets_its_setup_and_can_be_activated_again() {
+        let (mut t, activated, irq) = transport_of(true);
+        bring_up(&mut t, 1);
+        assert_eq!(*activated.lock().unwrap(), Some((2, 1 << 32)));
+        irq.signal_used_queue();
+        w(&mut t, REG_QUEUE_SEL, 1);
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(*activated.lock().unwrap(), None, "the device was reset");
+        assert_eq!(t.status(), 0);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+        assert_eq!(r(&mut t, REG_QUEUE_READY), 0);
+        // The driver starts over, with other features this time.
+        bring_up(&mut t, 0);
+        assert_eq!(*activated.lock().unwrap(), Some((2, 0)));
+        assert_eq!(t.status() & STATUS_FAILED, 0);
     }
 
     #[test]

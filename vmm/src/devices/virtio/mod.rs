@@ -7,8 +7,12 @@
 //! register, with the transport as fallback); the device interrupts the guest through an
 //! irqfd on the in-kernel irqchip ([`Interrupt`]).
 //!
-//! Not here: packed queues, device reset after activation (the driver's reset is logged and
-//! the device keeps running), PCI.
+//! The driver may reset an active device (status 0): the transport asks the device to stop
+//! its worker and take back its host resources ([`VirtioDevice::reset`], [`worker::Stopper`]),
+//! then forgets the queues and features, so that the driver can set it up again. vsock,
+//! blk and net do so; virtio-fs cannot (its queues live in virtiofsd) and keeps running.
+//!
+//! Not here: packed queues, PCI.
 
 pub mod block;
 pub mod fs;
@@ -50,6 +54,23 @@ pub enum ActivateError {
     /// The device's out-of-process backend (vhost-user) refused or failed a request.
     #[error("the vhost-user backend: {0}")]
     Backend(String),
+}
+
+/// Errors of resetting an active device.
+#[derive(Debug, Error)]
+pub enum ResetError {
+    /// The device cannot be reset once active; it keeps running.
+    #[error("this device cannot be reset once active")]
+    Unsupported,
+    /// No worker runs (never activated, or lost to an earlier failed reset).
+    #[error("the device has no running worker")]
+    NotActive,
+    /// Waking the worker failed.
+    #[error("waking the device thread: {0}")]
+    Wake(std::io::Error),
+    /// The worker did not hand its resources back in time; the device is lost.
+    #[error("the device thread did not stop within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// A device's interrupt line: the MMIO InterruptStatus bits and the irqfd KVM injects.
@@ -108,4 +129,10 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
         acked_features: u64,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError>;
+    /// The driver reset the active device: stop using the queues, take the host resources
+    /// back and be ready for another [`VirtioDevice::activate`]. Devices that cannot keep
+    /// the default, which leaves them running.
+    fn reset(&mut self) -> Result<(), ResetError> {
+        Err(ResetError::Unsupported)
+    }
 }

@@ -4,7 +4,8 @@
 //! its config space holds the capacity in 512-byte sectors, `seg_max` and `blk_size`. On
 //! activation a worker thread takes the one request queue and the [`Disk`], waits on the
 //! queue's notification eventfd, and per round executes every available request in order
-//! ([`request::process`]) and interrupts the guest once if any was used.
+//! ([`request::process`]) and interrupts the guest once if any was used. The driver's
+//! reset stops the thread, which hands the disk back for the next activation.
 //!
 //! A malformed request is logged at warn the first time per device and at debug after
 //! that ([`GuestErrors`]), so a hostile guest cannot flood the log.
@@ -19,7 +20,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, Disk, Kind};
 use crate::devices::virtio::guest_errors::{pop_chain, GuestErrors};
-use crate::devices::virtio::{worker, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::worker::{StopSignal, Stopper};
+use crate::devices::virtio::{
+    worker, ActivateError, Interrupt, ResetError, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use crate::metrics::{self, BlockMetrics};
 
 /// The virtio device id of a block device.
@@ -63,6 +67,7 @@ pub struct Block {
     config: [u8; 24],
     queue_events: Vec<EventFd>,
     disk: Option<Disk>,
+    stopper: Stopper<Disk>,
     metrics: Arc<BlockMetrics>,
 }
 
@@ -126,6 +131,7 @@ impl Block {
             config,
             queue_events,
             disk: Some(disk),
+            stopper: Stopper::new()?,
             metrics: Arc::default(),
         })
     }
@@ -164,13 +170,20 @@ impl VirtioDevice for Block {
         _acked_features: u64,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let disk = self.disk.take().ok_or(ActivateError::AlreadyActive)?;
+        worker::check_queues(&queues, QUEUE_SIZES.len())?;
         let event = self.queue_events[0]
             .try_clone()
             .map_err(ActivateError::Spawn)?;
+        let disk = self.disk.take().ok_or(ActivateError::AlreadyActive)?;
         let mut state = Worker::new(mem, queues, interrupt, disk)?;
         state.metrics = self.metrics.clone();
-        worker::spawn("virtio-blk", move || state.run(&event))
+        self.stopper
+            .spawn("virtio-blk", move |stop| state.run(&event, &stop))
+    }
+
+    fn reset(&mut self) -> Result<(), ResetError> {
+        self.disk = Some(self.stopper.stop()?);
+        Ok(())
     }
 }
 
@@ -215,12 +228,21 @@ impl Worker {
         self.errors.count()
     }
 
-    /// Waits for queue notifications and executes requests, forever.
-    pub fn run(&mut self, event: &EventFd) {
-        while worker::wait_readable(event, &"virtio-blk") {
-            let _ = event.read();
-            self.process();
+    /// Waits for queue notifications and executes requests until it is asked to stop;
+    /// returns the disk.
+    pub fn run(mut self, event: &EventFd, stop: &StopSignal) -> Disk {
+        while let Some([queue, stopping]) =
+            worker::wait_readable([event, stop.event()], &"virtio-blk")
+        {
+            if stopping && stop.requested() {
+                break;
+            }
+            if queue {
+                let _ = event.read();
+                self.process();
+            }
         }
+        self.disk
     }
 
     /// One round: executes every available request, then interrupts once if any was used.
@@ -367,6 +389,92 @@ mod tests {
         // Nothing new: no interrupt.
         w.process();
         assert!(irq.read().is_err());
+    }
+
+    /// Waits (up to 10 s) until the irqfd was raised.
+    fn wait_irq(irq: &EventFd) {
+        let t = std::time::Instant::now();
+        while irq.read().is_err() {
+            assert!(t.elapsed().as_secs() < 10, "no interrupt");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    /// The device's own thread serves a queue; the driver's reset stops it and hands the
+    /// disk back, and a second activation (new queue elsewhere) is served by a new thread.
+    #[test]
+    fn a_reset_returns_the_disk_and_the_device_serves_its_next_activation() {
+        let m = mem();
+        let (_f, d) = disk(8, false);
+        let mut dev = Block::new(d).unwrap();
+        assert!(matches!(dev.reset(), Err(ResetError::NotActive)));
+        for (round, base) in [(0u64, 0u64), (1, 0x8000)] {
+            let q = MockSplitQueue::create(&m, GuestAddress(base), 16);
+            let hdr = GuestAddress(0x10_0000 + round * 0x1000);
+            m.write_obj(RequestHeader::new(req_type::IN, round), hdr)
+                .unwrap();
+            use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+            let next = |d: virtio_queue::desc::RawDescriptor, n: u16| {
+                let d = virtio_queue::desc::split::Descriptor::from(d);
+                virtio_queue::desc::RawDescriptor::from(virtio_queue::desc::split::Descriptor::new(
+                    d.addr().0,
+                    d.len(),
+                    d.flags() | VRING_DESC_F_NEXT as u16,
+                    n,
+                ))
+            };
+            q.add_desc_chains(
+                &[
+                    next(desc(hdr.0, 16, false), 1),
+                    next(desc(0x20_0000, 512, true), 2),
+                    desc(0x30_0000, 1, true),
+                ],
+                0,
+            )
+            .unwrap();
+            let (irq, interrupt) = interrupt();
+            dev.activate(
+                m.clone(),
+                vec![q.create_queue::<Queue>().unwrap()],
+                0,
+                interrupt,
+            )
+            .unwrap();
+            assert!(matches!(
+                dev.activate(
+                    m.clone(),
+                    vec![Queue::new(16).unwrap()],
+                    0,
+                    interrupt_only()
+                ),
+                Err(ActivateError::AlreadyActive)
+            ));
+            dev.queue_events()[0].write(1).unwrap();
+            wait_irq(&irq);
+            assert_eq!(q.used().idx().load(), 1, "round {round}");
+            // The first byte of sector `round` of the test disk is its sector number.
+            assert_eq!(
+                m.read_obj::<u8>(GuestAddress(0x20_0000)).unwrap(),
+                round as u8
+            );
+            dev.reset().unwrap();
+            // Stopped: a notification is no longer served.
+            q.add_desc_chains(&[desc(0x30_0000, 1, true)], 3).unwrap();
+            dev.queue_events()[0].write(1).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert_eq!(q.used().idx().load(), 1, "served after the reset");
+            let _ = dev.queue_events()[0].read();
+        }
+        assert_eq!(
+            dev.metrics()
+                .reads
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+    }
+
+    fn interrupt_only() -> Arc<Interrupt> {
+        interrupt().1
     }
 
     /// A hostile guest: random descriptor tables (addresses in and out of memory, any

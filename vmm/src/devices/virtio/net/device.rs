@@ -13,6 +13,9 @@
 //!
 //! Malformed chains are returned to the guest with length 0; the first is logged at warn,
 //! the rest at debug ([`GuestErrors`]).
+//!
+//! The driver's reset stops the worker: it takes its descriptors out of the epoll and hands
+//! the tap and the epoll back for the next activation; a frame it held is dropped.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -26,7 +29,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::VNET_HDR_SIZE;
 use crate::devices::virtio::guest_errors::{pop_chain, GuestErrors};
-use crate::devices::virtio::{worker, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::worker::{StopSignal, Stopper};
+use crate::devices::virtio::{
+    worker, ActivateError, Interrupt, ResetError, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use crate::metrics::{self, NetMetrics};
 
 /// The virtio device id of a network device.
@@ -46,6 +52,7 @@ pub const MAX_FRAME: usize = VNET_HDR_SIZE + 65535;
 const TOKEN_RXQ: u64 = 0;
 const TOKEN_TXQ: u64 = 1;
 const TOKEN_TAP: u64 = 2;
+const TOKEN_STOP: u64 = 3;
 
 /// Why a chain was not used for a frame.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +88,7 @@ pub struct Net {
     /// Made at build time: activation runs on a vCPU thread, whose seccomp filter allows
     /// `epoll_ctl` but not `epoll_create1`.
     epoll: Option<Epoll>,
+    stopper: Stopper<(File, Epoll)>,
     metrics: Arc<NetMetrics>,
 }
 
@@ -99,6 +107,7 @@ impl Net {
             queue_events,
             tap: Some(tap),
             epoll: Some(Epoll::new()?),
+            stopper: Stopper::new()?,
             metrics: Arc::default(),
         })
     }
@@ -137,13 +146,22 @@ impl VirtioDevice for Net {
         _acked_features: u64,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
+        worker::check_queues(&queues, QUEUE_SIZES.len())?;
+        let events = worker::clone_events(&self.queue_events)?;
         let (Some(tap), Some(epoll)) = (self.tap.take(), self.epoll.take()) else {
             return Err(ActivateError::AlreadyActive);
         };
-        let events = worker::clone_events(&self.queue_events)?;
         let mut state = Worker::new(mem, queues, interrupt, tap, events, epoll)?;
         state.metrics = self.metrics.clone();
-        worker::spawn("virtio-net", move || state.run())
+        self.stopper
+            .spawn("virtio-net", move |stop| state.run(&stop))
+    }
+
+    fn reset(&mut self) -> Result<(), ResetError> {
+        let (tap, epoll) = self.stopper.stop()?;
+        self.tap = Some(tap);
+        self.epoll = Some(epoll);
+        Ok(())
     }
 }
 
@@ -267,10 +285,23 @@ impl Worker {
         &self.metrics
     }
 
-    /// Waits for events and moves frames, forever.
-    pub fn run(&mut self) {
+    /// Waits for events and moves frames until it is asked to stop; returns the tap and
+    /// the epoll, emptied.
+    pub fn run(mut self, stop: &StopSignal) -> (File, Epoll) {
+        let watching = self.epoll.ctl(
+            ControlOperation::Add,
+            stop.event().as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_STOP),
+        );
+        if let Err(e) = watching {
+            log::error!("virtio-net: watching the stop event: {e}; the device stops");
+            return self.into_resources(stop);
+        }
         let mut events = vec![EpollEvent::default(); 8];
         while let Some(n) = worker::wait(&self.epoll, &mut events, &"virtio-net") {
+            if events[..n].iter().any(|e| e.data() == TOKEN_STOP) && stop.requested() {
+                break;
+            }
             for e in &events[..n] {
                 if let Some(evt) = usize::try_from(e.data())
                     .ok()
@@ -292,6 +323,26 @@ impl Worker {
             }
             self.process();
         }
+        self.into_resources(stop)
+    }
+
+    /// Takes every descriptor it registered out of the epoll (the stop event's failure to
+    /// leave is harmless: it was never added) and gives back the tap and the epoll.
+    fn into_resources(self, stop: &StopSignal) -> (File, Epoll) {
+        let mut fds = vec![
+            self.events[RXQ].as_raw_fd(),
+            self.events[TXQ].as_raw_fd(),
+            stop.event().as_raw_fd(),
+        ];
+        if !self.tap_dead {
+            fds.push(self.tap.as_raw_fd());
+        }
+        for fd in fds {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+        (self.tap, self.epoll)
     }
 
     /// Takes a failed tap out of the epoll for good: RX stops, TX frames are dropped.
@@ -566,6 +617,63 @@ mod tests {
         assert_eq!((get(&c.tx_frames), get(&c.tx_bytes)), (1, 14));
         assert_eq!((get(&c.rx_frames), get(&c.rx_bytes)), (1, 11));
         assert_eq!((get(&c.tx_dropped), get(&c.rx_dropped)), (0, 0));
+    }
+
+    /// The device's own thread moves frames both ways; the driver's reset stops it and
+    /// hands the tap and the epoll back (emptied, or the next activation could not register
+    /// the same descriptors), and the next activation's thread moves frames again.
+    #[test]
+    fn a_reset_returns_the_tap_and_the_device_serves_its_next_activation() {
+        let m = mem();
+        let (tap, host) = fake_tap();
+        host.set_nonblocking(false).unwrap();
+        host.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut dev = Net::new(tap, [2, 0, 0, 0, 0, 1]).unwrap();
+        let frame = |text: &[u8]| {
+            let mut f = vec![0u8; VNET_HDR_SIZE];
+            f.extend_from_slice(text);
+            f
+        };
+        for (round, base) in [(0u8, 0u64), (1, 0x10000)] {
+            let rxq = MockSplitQueue::create(&m, GuestAddress(base), 16);
+            let txq = MockSplitQueue::create(&m, GuestAddress(base + 0x8000), 16);
+            m.write_slice(&frame(&[b'a' + round; 20]), GuestAddress(0x10_0000))
+                .unwrap();
+            txq.add_desc_chains(&[desc(0x10_0000, (VNET_HDR_SIZE + 20) as u32, false)], 0)
+                .unwrap();
+            rxq.add_desc_chains(&[desc(0x20_0000, 2048, true)], 0)
+                .unwrap();
+            let (irq, interrupt) = interrupt();
+            dev.activate(
+                m.clone(),
+                vec![
+                    rxq.create_queue::<Queue>().unwrap(),
+                    txq.create_queue::<Queue>().unwrap(),
+                ],
+                0,
+                interrupt,
+            )
+            .unwrap();
+            dev.queue_events()[TXQ].write(1).unwrap();
+            let mut got = [0u8; 64];
+            let n = host.recv(&mut got).unwrap();
+            assert_eq!(&got[VNET_HDR_SIZE..n], &[b'a' + round; 20], "round {round}");
+            host.send(&frame(b"to-guest")).unwrap();
+            let t = std::time::Instant::now();
+            while rxq.used().idx().load() == 0 {
+                assert!(t.elapsed().as_secs() < 10, "round {round}: no RX");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            let mut b = [0u8; 8];
+            m.read_slice(&mut b, GuestAddress(0x20_0000 + VNET_HDR_SIZE as u64))
+                .unwrap();
+            assert_eq!(&b, b"to-guest");
+            assert!(irq.read().is_ok());
+            dev.reset().unwrap();
+            assert!(dev.tap.is_some() && dev.epoll.is_some());
+        }
+        assert!(matches!(dev.reset(), Err(ResetError::NotActive)));
     }
 
     /// Without RX buffers a frame waits (the tap leaves the epoll) until the guest posts

@@ -5,6 +5,9 @@
 //! Each round it drains TX (guest → muxer; each chain read, validated and returned to the
 //! guest) and fills RX (muxer → guest) while the guest has RX buffers and the muxer has
 //! packets; then it interrupts the guest once if any buffer was used.
+//!
+//! The driver's reset stops the worker: its events leave the epoll, the muxer closes every
+//! connection ([`Muxer::device_reset`]) and goes back to the device for the next activation.
 
 use std::sync::Arc;
 
@@ -16,7 +19,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::muxer::Muxer;
 use super::packet;
 use crate::devices::virtio::guest_errors::{pop_chain, GuestErrors};
-use crate::devices::virtio::{worker, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::worker::{StopSignal, Stopper};
+use crate::devices::virtio::{
+    worker, ActivateError, Interrupt, ResetError, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use crate::metrics::{self, VsockMetrics};
 
 /// The virtio device id of vsock.
@@ -29,6 +35,8 @@ const TXQ: usize = 1;
 const EVQ: usize = 2;
 /// Epoll tokens of the queue events (host socket tokens are their fds, far below these).
 const TOKEN_QUEUE_BASE: u64 = u64::MAX - 8;
+/// Epoll token of the stop event.
+const TOKEN_STOP: u64 = TOKEN_QUEUE_BASE + QUEUE_SIZES.len() as u64;
 
 /// The vsock device: guest CID and, until activation, the muxer.
 #[derive(Debug)]
@@ -36,6 +44,7 @@ pub struct Vsock {
     cid: u64,
     queue_events: Vec<EventFd>,
     muxer: Option<Muxer>,
+    stopper: Stopper<Muxer>,
     metrics: Arc<VsockMetrics>,
 }
 
@@ -47,6 +56,7 @@ impl Vsock {
             cid,
             queue_events,
             muxer: Some(muxer),
+            stopper: Stopper::new()?,
             metrics: Arc::default(),
         })
     }
@@ -86,11 +96,17 @@ impl VirtioDevice for Vsock {
         _acked_features: u64,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let muxer = self.muxer.take().ok_or(ActivateError::AlreadyActive)?;
+        worker::check_queues(&queues, QUEUE_SIZES.len())?;
         let events = worker::clone_events(&self.queue_events)?;
+        let muxer = self.muxer.take().ok_or(ActivateError::AlreadyActive)?;
         let mut state = Worker::new(mem, queues, interrupt, muxer, events)?;
         state.metrics = self.metrics.clone();
-        worker::spawn("vsock", move || state.run())
+        self.stopper.spawn("vsock", move |stop| state.run(&stop))
+    }
+
+    fn reset(&mut self) -> Result<(), ResetError> {
+        self.muxer = Some(self.stopper.stop()?);
+        Ok(())
     }
 }
 
@@ -143,18 +159,47 @@ impl Worker {
         &mut self.muxer
     }
 
-    /// Waits for events and moves packets, forever.
-    pub fn run(&mut self) {
-        let mut events = vec![EpollEvent::default(); 32];
-        while let Some(n) = worker::wait(self.muxer.epoll(), &mut events, &"vsock") {
-            for e in &events[..n] {
-                self.dispatch(e.data(), e.event_set());
+    /// Waits for events and moves packets until it is asked to stop; returns the muxer,
+    /// its connections closed and the worker's events out of its epoll.
+    pub fn run(mut self, stop: &StopSignal) -> Muxer {
+        use std::os::unix::io::AsRawFd;
+        let watching = self.muxer.epoll().ctl(
+            ControlOperation::Add,
+            stop.event().as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_STOP),
+        );
+        if let Err(e) = watching {
+            log::error!("vsock: watching the stop event: {e}; the device stops");
+        } else {
+            let mut events = vec![EpollEvent::default(); 32];
+            while let Some(n) = worker::wait(self.muxer.epoll(), &mut events, &"vsock") {
+                if events[..n].iter().any(|e| e.data() == TOKEN_STOP) && stop.requested() {
+                    break;
+                }
+                for e in &events[..n] {
+                    self.dispatch(e.data(), e.event_set());
+                }
+                self.process();
             }
-            self.process();
         }
+        let epoll = self.muxer.epoll();
+        for fd in self.events.iter().map(AsRawFd::as_raw_fd) {
+            let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+        let _ = epoll.ctl(
+            ControlOperation::Delete,
+            stop.event().as_raw_fd(),
+            EpollEvent::default(),
+        );
+        self.muxer.device_reset();
+        self.muxer
     }
 
     fn dispatch(&mut self, token: u64, set: EventSet) {
+        if token == TOKEN_STOP {
+            // A wakeup that was not a stop request (already consumed by the check in run).
+            return;
+        }
         if token >= TOKEN_QUEUE_BASE {
             let i = (token - TOKEN_QUEUE_BASE) as usize;
             if let Some(e) = self.events.get(i) {
@@ -324,6 +369,70 @@ mod tests {
         // The garbage reached the parser and the state machine, not only the queue checks.
         eprintln!("random queues: {tx_used} TX and {rx_used} RX buffers used, {conns} connections");
         assert!(tx_used > 300 && rx_used > 30 && conns > 0);
+    }
+
+    /// The device's own thread connects a guest stream to its port socket; the driver's
+    /// reset stops the thread and closes the stream (the host sees EOF), and after a second
+    /// activation a host `CONNECT` reaches the new RX queue as a REQUEST.
+    #[test]
+    fn a_reset_closes_the_streams_and_the_device_serves_its_next_activation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let l = UnixListener::bind(format!("{}_1025", path.display())).unwrap();
+        let mut dev = Vsock::new(3, Muxer::new(&path, 3).unwrap()).unwrap();
+        let m = mem();
+        let queues = |base: u64| -> Vec<MockSplitQueue<'_, GuestMemoryMmap>> {
+            (0..3)
+                .map(|i| MockSplitQueue::create(&m, GuestAddress(base + i * 0x8000), 16))
+                .collect()
+        };
+        let activate = |dev: &mut Vsock, mocks: &[MockSplitQueue<'_, GuestMemoryMmap>]| {
+            let (irq, interrupt) = interrupt();
+            let qs = mocks
+                .iter()
+                .map(|q| q.create_queue::<Queue>().unwrap())
+                .collect();
+            dev.activate(m.clone(), qs, 0, interrupt).unwrap();
+            irq
+        };
+        let wait_used = |q: &MockSplitQueue<'_, GuestMemoryMmap>, n: u16| {
+            let t = std::time::Instant::now();
+            while q.used().idx().load() < n {
+                assert!(t.elapsed().as_secs() < 10, "the device thread used nothing");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        };
+
+        let first = queues(0);
+        let mut req = Header::from_fields(3, 2, 700, 1025, 0, TYPE_STREAM, op::REQUEST);
+        req.set_credit(4096, 0);
+        m.write_obj(req, GuestAddress(0x11_0000)).unwrap();
+        first[TXQ]
+            .add_desc_chains(&[desc(0x11_0000, packet::HDR_SIZE as u32, false)], 0)
+            .unwrap();
+        let _irq = activate(&mut dev, &first);
+        dev.queue_events()[TXQ].write(1).unwrap();
+        let (mut host, _) = l.accept().unwrap();
+        wait_used(&first[TXQ], 1);
+
+        dev.reset().unwrap();
+        host.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut host, &mut rest).unwrap();
+        assert!(rest.is_empty(), "EOF, nothing else");
+
+        let second = queues(0x40000);
+        second[RXQ]
+            .add_desc_chains(&[desc(0x20_0000, 4096, true)], 0)
+            .unwrap();
+        let _irq = activate(&mut dev, &second);
+        let mut client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        std::io::Write::write_all(&mut client, b"CONNECT 1024\n").unwrap();
+        wait_used(&second[RXQ], 1);
+        let h: Header = m.read_obj(GuestAddress(0x20_0000)).unwrap();
+        assert_eq!((h.op(), h.dst_port(), h.dst_cid()), (op::REQUEST, 1024, 3));
+        dev.reset().unwrap();
     }
 
     #[test]

@@ -370,6 +370,19 @@ impl Muxer {
         }
     }
 
+    /// The driver reset the device, so every connection is gone on the guest's side. Guest
+    /// bytes not yet passed on go to their sockets as far as these take them now; then each
+    /// host socket is closed. Queued RSTs are dropped. The listener stays, and so do host
+    /// clients still sending their `CONNECT` line (the guest never heard of them).
+    pub fn device_reset(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.conns) {
+            let _ = c.flush();
+            self.forget(c.stream.as_raw_fd());
+        }
+        self.control.clear();
+        self.rr_cursor = (0, 0);
+    }
+
     /// Drops a connection and owes the guest an RST for it.
     fn reset(&mut self, key: Key) {
         if let Some(c) = self.conns.remove(&key) {
@@ -784,6 +797,51 @@ mod tests {
         poll(&mut m);
         let (h, data) = m.next_rx(4096).unwrap();
         assert_eq!((h.op(), data.as_slice()), (op::RW, &b"ttrpc"[..]));
+    }
+
+    #[test]
+    fn a_device_reset_closes_every_connection_and_keeps_listening() {
+        let (_d, path, mut m) = muxer();
+        // One guest-initiated connection with data on its way to the host...
+        let port_listener = UnixListener::bind(format!("{}_1025", path.display())).unwrap();
+        m.handle_tx(&from_guest(5000, 1025, op::REQUEST, 0), &[]);
+        let (host, _) = port_listener.accept().unwrap();
+        m.handle_tx(&from_guest(5000, 1025, op::RW, 3), b"bye");
+        // ...one host-initiated connection waiting for the guest's RESPONSE, and an RST owed.
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.write_all(b"CONNECT 1024\n").unwrap();
+        poll(&mut m);
+        m.handle_tx(&from_guest(7, 99, op::RW, 0), &[]);
+        assert_eq!(m.connections(), 2);
+        assert!(m.has_rx());
+
+        m.device_reset();
+        assert_eq!(m.connections(), 0);
+        assert!(
+            !m.has_rx(),
+            "nothing is owed to a guest that forgot everything"
+        );
+        let mut got = Vec::new();
+        (&host).read_to_end(&mut got).unwrap();
+        assert_eq!(
+            got, b"bye",
+            "what the guest sent before the reset arrives, then EOF"
+        );
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert!(
+            rest.is_empty(),
+            "the waiting client is closed without an OK"
+        );
+
+        // The next driver gets new host connections.
+        let mut again = UnixStream::connect(&path).unwrap();
+        again.write_all(b"CONNECT 1024\n").unwrap();
+        poll(&mut m);
+        assert_eq!(ops(&mut m), vec![(op::REQUEST, FIRST_LOCAL_PORT + 1, 1024)]);
     }
 
     #[test]
