@@ -8,8 +8,9 @@
  *   - drives the status handshake (ACK, DRIVER, the offered features, FEATURES_OK), points
  *     queue q of device n at its own 12 KiB of the 256 KiB garbage region at 16 MiB
  *     (descriptors, avail ring, used ring; in RAM, so the transport accepts them and the
- *     device starts on them) with a random QueueNum, and sets DRIVER_OK. After the first
- *     round the device is active and ignores this, as designed;
+ *     device starts on them) with a random QueueNum, and sets DRIVER_OK. The reset first
+ *     stops the previous round's worker, so every round activates each device anew (and
+ *     the random writes below reset devices at random too);
  *   - writes RANDOM_WRITES random values to random registers (QueueNotify with any index,
  *     status, selectors, ...) and reads random config-space bytes.
  * Then it fills the garbage region (but the used rings) with descriptor-shaped noise: addresses mostly in
@@ -82,7 +83,7 @@ device:
 
 /* Status handshake and queue setup for the device at %edi. */
 setup_device:
-    movl $0, 0x70(%edi)            /* reset (ignored once active) */
+    movl $0, 0x70(%edi)            /* reset: an active device stops its worker */
     movl $1, 0x70(%edi)            /* ACKNOWLEDGE */
     movl $3, 0x70(%edi)            /* DRIVER */
     movl $0, 0x14(%edi)            /* DeviceFeaturesSel 0 */

@@ -3,33 +3,38 @@
 //!
 //! A hostile or broken driver can make every notification fail; logging each failure at
 //! warn would let it fill the host's disk. [`GuestErrors`] logs the first one per device at
-//! warn and the rest at debug, and counts them all. [`pop_chain`] is
+//! warn and the rest at debug, and counts them all; its clones share the count, so a
+//! device's successive workers (one per activation, after a driver's reset) log once in all. [`pop_chain`] is
 //! `Queue::pop_descriptor_chain` minus its `error!` on a bad avail index (one line per
 //! notification), and skips heads that are not descriptor indexes (they cannot be put on
 //! the used ring).
 
 use std::fmt::Arguments;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-/// A device's count of guest errors.
-#[derive(Debug, Default)]
+/// A device's count of guest errors (shared by its clones).
+#[derive(Debug, Default, Clone)]
 pub struct GuestErrors {
     device: &'static str,
-    count: u64,
+    count: Arc<AtomicU64>,
 }
 
 impl GuestErrors {
     /// Errors of `device` (its name in log lines).
     pub fn new(device: &'static str) -> Self {
-        GuestErrors { device, count: 0 }
+        GuestErrors {
+            device,
+            count: Arc::default(),
+        }
     }
 
     /// Counts and logs one error.
     pub fn record(&mut self, what: Arguments<'_>) {
-        self.count += 1;
-        if self.count == 1 {
+        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
             log::warn!(
                 "{}: guest error: {what} (further ones are logged at debug)",
                 self.device
@@ -41,7 +46,7 @@ impl GuestErrors {
 
     /// Errors so far.
     pub fn count(&self) -> u64 {
-        self.count
+        self.count.load(Ordering::Relaxed)
     }
 }
 
@@ -75,6 +80,16 @@ mod tests {
     use super::*;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestAddress};
+
+    #[test]
+    fn clones_share_the_count() {
+        let mut first = GuestErrors::new("test");
+        let mut next = first.clone();
+        first.record(format_args!("one"));
+        next.record(format_args!("two"));
+        assert_eq!((first.count(), next.count()), (2, 2));
+        assert_eq!(GuestErrors::new("other").count(), 0);
+    }
 
     #[test]
     fn heads_beyond_the_queue_are_skipped_and_a_runaway_avail_index_ends_the_round() {

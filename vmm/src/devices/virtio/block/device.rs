@@ -68,6 +68,8 @@ pub struct Block {
     queue_events: Vec<EventFd>,
     disk: Option<Disk>,
     stopper: Stopper<Disk>,
+    /// Shared by every worker of this device: guest errors are logged once in all.
+    errors: GuestErrors,
     metrics: Arc<BlockMetrics>,
 }
 
@@ -132,6 +134,7 @@ impl Block {
             queue_events,
             disk: Some(disk),
             stopper: Stopper::new()?,
+            errors: GuestErrors::new("virtio-blk"),
             metrics: Arc::default(),
         })
     }
@@ -177,6 +180,7 @@ impl VirtioDevice for Block {
         let disk = self.disk.take().ok_or(ActivateError::AlreadyActive)?;
         let mut state = Worker::new(mem, queues, interrupt, disk)?;
         state.metrics = self.metrics.clone();
+        state.errors = self.errors.clone();
         self.stopper
             .spawn("virtio-blk", move |stop| state.run(&event, &stop))
     }

@@ -89,6 +89,8 @@ pub struct Net {
     /// `epoll_ctl` but not `epoll_create1`.
     epoll: Option<Epoll>,
     stopper: Stopper<(File, Epoll)>,
+    /// Shared by every worker of this device: guest errors are logged once in all.
+    errors: GuestErrors,
     metrics: Arc<NetMetrics>,
 }
 
@@ -108,6 +110,7 @@ impl Net {
             tap: Some(tap),
             epoll: Some(Epoll::new()?),
             stopper: Stopper::new()?,
+            errors: GuestErrors::new("virtio-net"),
             metrics: Arc::default(),
         })
     }
@@ -153,6 +156,7 @@ impl VirtioDevice for Net {
         };
         let mut state = Worker::new(mem, queues, interrupt, tap, events, epoll)?;
         state.metrics = self.metrics.clone();
+        state.errors = self.errors.clone();
         self.stopper
             .spawn("virtio-net", move |stop| state.run(&stop))
     }

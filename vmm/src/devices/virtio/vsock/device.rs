@@ -45,6 +45,8 @@ pub struct Vsock {
     queue_events: Vec<EventFd>,
     muxer: Option<Muxer>,
     stopper: Stopper<Muxer>,
+    /// Shared by every worker of this device: guest errors are logged once in all.
+    errors: GuestErrors,
     metrics: Arc<VsockMetrics>,
 }
 
@@ -57,6 +59,7 @@ impl Vsock {
             queue_events,
             muxer: Some(muxer),
             stopper: Stopper::new()?,
+            errors: GuestErrors::new("vsock"),
             metrics: Arc::default(),
         })
     }
@@ -101,6 +104,7 @@ impl VirtioDevice for Vsock {
         let muxer = self.muxer.take().ok_or(ActivateError::AlreadyActive)?;
         let mut state = Worker::new(mem, queues, interrupt, muxer, events)?;
         state.metrics = self.metrics.clone();
+        state.errors = self.errors.clone();
         self.stopper.spawn("vsock", move |stop| state.run(&stop))
     }
 
