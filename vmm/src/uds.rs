@@ -11,6 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Longest path `bind(2)` takes (`sun_path` holds 108 bytes with the terminating NUL).
 const SUN_PATH_MAX: usize = 107;
@@ -35,7 +36,7 @@ pub fn bind_listening(path: &Path) -> std::io::Result<UnixListener> {
         let _ = std::fs::remove_file(path);
         return UnixListener::bind(path);
     };
-    // A leftover of a hull-vmm that had this pid before is ours to replace.
+    // A leftover of a process that had this pid before is ours to replace.
     let _ = std::fs::remove_file(&temp);
     // std's bind also listens.
     let listener = UnixListener::bind(&temp)?;
@@ -47,9 +48,12 @@ pub fn bind_listening(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// `.<pid>.bind` next to `path`, if that fits in `sun_path`.
+/// `.<pid>.<n>.bind` next to `path` (n counts this process's binds), if that fits in
+/// `sun_path`.
 fn temp_name(path: &Path) -> Option<PathBuf> {
-    let name = format!(".{}.bind", std::process::id());
+    static BINDS: AtomicU32 = AtomicU32::new(0);
+    let n = BINDS.fetch_add(1, Ordering::Relaxed);
+    let name = format!(".{}.{n}.bind", std::process::id());
     let temp = path.with_file_name(name);
     (temp.as_os_str().as_bytes().len() <= SUN_PATH_MAX).then_some(temp)
 }

@@ -15,7 +15,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::guest_errors::GuestErrors;
-use super::{Interrupt, VirtioDevice};
+use super::{Interrupt, ResetError, VirtioDevice};
 use crate::devices::BusDevice;
 
 /// Size of one device's MMIO window.
@@ -210,11 +210,20 @@ impl MmioTransport {
             if self.active {
                 // The device's thread owns the queues: it must stop and hand its host side
                 // back before the registers forget them.
-                if let Err(e) = self.device.reset() {
-                    self.errors.record(format_args!(
-                        "the driver reset an active device: {e}; it keeps its queues"
-                    ));
-                    return;
+                match self.device.reset() {
+                    Ok(()) => {}
+                    // Nothing runs any more: the registers start over, and the next
+                    // activation fails by name.
+                    Err(e @ (ResetError::NotActive | ResetError::Lost)) => {
+                        self.errors
+                            .record(format_args!("the driver reset an active device: {e}"));
+                    }
+                    Err(e) => {
+                        self.errors.record(format_args!(
+                            "the driver reset an active device: {e}; it keeps its queues"
+                        ));
+                        return;
+                    }
                 }
                 self.active = false;
             }

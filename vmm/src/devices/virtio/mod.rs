@@ -62,15 +62,19 @@ pub enum ResetError {
     /// The device cannot be reset once active; it keeps running.
     #[error("this device cannot be reset once active")]
     Unsupported,
-    /// No worker runs (never activated, or lost to an earlier failed reset).
+    /// No worker runs (never activated, or it could not be started).
     #[error("the device has no running worker")]
     NotActive,
     /// Waking the worker failed.
     #[error("waking the device thread: {0}")]
     Wake(std::io::Error),
-    /// The worker did not hand its resources back in time; the device is lost.
+    /// The worker did not hand its resources back in time; it is asked again at the next
+    /// reset.
     #[error("the device thread did not stop within {0:?}")]
     Timeout(std::time::Duration),
+    /// The worker ended without handing its resources back: the device cannot start again.
+    #[error("the device thread ended without handing its resources back")]
+    Lost,
 }
 
 /// A device's interrupt line: the MMIO InterruptStatus bits and the irqfd KVM injects.

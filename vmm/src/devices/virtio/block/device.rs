@@ -177,12 +177,13 @@ impl VirtioDevice for Block {
         let event = self.queue_events[0]
             .try_clone()
             .map_err(ActivateError::Spawn)?;
+        let launch = self.stopper.prepare()?;
         let disk = self.disk.take().ok_or(ActivateError::AlreadyActive)?;
         let mut state = Worker::new(mem, queues, interrupt, disk)?;
         state.metrics = self.metrics.clone();
         state.errors = self.errors.clone();
         self.stopper
-            .spawn("virtio-blk", move |stop| state.run(&event, &stop))
+            .launch(launch, "virtio-blk", move |stop| state.run(&event, &stop))
     }
 
     fn reset(&mut self) -> Result<(), ResetError> {

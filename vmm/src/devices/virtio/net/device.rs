@@ -151,6 +151,7 @@ impl VirtioDevice for Net {
     ) -> Result<(), ActivateError> {
         worker::check_queues(&queues, QUEUE_SIZES.len())?;
         let events = worker::clone_events(&self.queue_events)?;
+        let launch = self.stopper.prepare()?;
         let (Some(tap), Some(epoll)) = (self.tap.take(), self.epoll.take()) else {
             return Err(ActivateError::AlreadyActive);
         };
@@ -158,7 +159,7 @@ impl VirtioDevice for Net {
         state.metrics = self.metrics.clone();
         state.errors = self.errors.clone();
         self.stopper
-            .spawn("virtio-net", move |stop| state.run(&stop))
+            .launch(launch, "virtio-net", move |stop| state.run(&stop))
     }
 
     fn reset(&mut self) -> Result<(), ResetError> {

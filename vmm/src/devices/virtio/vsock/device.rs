@@ -101,11 +101,13 @@ impl VirtioDevice for Vsock {
     ) -> Result<(), ActivateError> {
         worker::check_queues(&queues, QUEUE_SIZES.len())?;
         let events = worker::clone_events(&self.queue_events)?;
+        let launch = self.stopper.prepare()?;
         let muxer = self.muxer.take().ok_or(ActivateError::AlreadyActive)?;
         let mut state = Worker::new(mem, queues, interrupt, muxer, events)?;
         state.metrics = self.metrics.clone();
         state.errors = self.errors.clone();
-        self.stopper.spawn("vsock", move |stop| state.run(&stop))
+        self.stopper
+            .launch(launch, "vsock", move |stop| state.run(&stop))
     }
 
     fn reset(&mut self) -> Result<(), ResetError> {
@@ -175,6 +177,9 @@ impl Worker {
         if let Err(e) = watching {
             log::error!("vsock: watching the stop event: {e}; the device stops");
         } else {
+            // The previous worker may have stopped on a wakeup that also carried host events.
+            self.muxer.catch_up();
+            self.process();
             let mut events = vec![EpollEvent::default(); 32];
             while let Some(n) = worker::wait(self.muxer.epoll(), &mut events, &"vsock") {
                 if events[..n].iter().any(|e| e.data() == TOKEN_STOP) && stop.requested() {
@@ -416,7 +421,22 @@ mod tests {
             .unwrap();
         let _irq = activate(&mut dev, &first);
         dev.queue_events()[TXQ].write(1).unwrap();
-        let (mut host, _) = l.accept().unwrap();
+        l.set_nonblocking(true).unwrap();
+        let t = std::time::Instant::now();
+        let mut host = loop {
+            match l.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        t.elapsed().as_secs() < 10,
+                        "the device thread never connected"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        host.set_nonblocking(false).unwrap();
         wait_used(&first[TXQ], 1);
 
         dev.reset().unwrap();

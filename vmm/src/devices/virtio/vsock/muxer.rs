@@ -383,6 +383,17 @@ impl Muxer {
         self.rr_cursor = (0, 0);
     }
 
+    /// Catches up on host sockets whose edge-triggered events may have been taken without
+    /// being handled (by a worker that stopped on the same wakeup): clients waiting in the
+    /// listener's backlog, and `CONNECT` lines already sent. A new worker calls it first.
+    pub fn catch_up(&mut self) {
+        self.accept_all();
+        let fds: Vec<RawFd> = self.pending.keys().copied().collect();
+        for fd in fds {
+            self.read_connect_line(fd);
+        }
+    }
+
     /// Drops a connection and owes the guest an RST for it.
     fn reset(&mut self, key: Key) {
         if let Some(c) = self.conns.remove(&key) {
@@ -821,6 +832,8 @@ mod tests {
             !m.has_rx(),
             "nothing is owed to a guest that forgot everything"
         );
+        host.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut got = Vec::new();
         (&host).read_to_end(&mut got).unwrap();
         assert_eq!(
@@ -828,7 +841,7 @@ mod tests {
             "what the guest sent before the reset arrives, then EOF"
         );
         client
-            .set_read_timeout(Some(Duration::from_secs(2)))
+            .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).unwrap();
@@ -842,6 +855,24 @@ mod tests {
         again.write_all(b"CONNECT 1024\n").unwrap();
         poll(&mut m);
         assert_eq!(ops(&mut m), vec![(op::REQUEST, FIRST_LOCAL_PORT + 1, 1024)]);
+    }
+
+    /// A worker that stops takes its last wakeup with it: a client that sent its line then
+    /// has no event left (edge-triggered). The next worker catches up.
+    #[test]
+    fn a_connect_line_whose_event_a_stopping_worker_took_is_served_after_a_catch_up() {
+        let (_d, path, mut m) = muxer();
+        let mut client = UnixStream::connect(&path).unwrap();
+        poll(&mut m);
+        client.write_all(b"CONNECT 1024\n").unwrap();
+        // The stopping worker's wakeup: taken, not handled.
+        let mut events = vec![EpollEvent::default(); 16];
+        assert_eq!(m.epoll().wait(2000, &mut events).unwrap(), 1);
+        m.device_reset();
+        poll(&mut m);
+        assert!(!m.has_rx(), "no event is left for the line");
+        m.catch_up();
+        assert_eq!(ops(&mut m), vec![(op::REQUEST, FIRST_LOCAL_PORT, 1024)]);
     }
 
     #[test]
