@@ -264,7 +264,8 @@ impl Drop for StateDir {
 /// How a VM stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopOutcome {
-    /// The guest shut down when asked; the hypervisor's exit status.
+    /// The VM exited by itself once asked (even if the agent's reply was lost); the
+    /// hypervisor's exit status tells a power-off from a crash.
     Clean(ExitStatus),
     /// The guest did not stop in time (or the agent did not answer) and was killed.
     Killed,

@@ -312,6 +312,7 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use std::time::Duration;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
 
@@ -322,7 +323,8 @@ mod tests {
     struct Dummy {
         events: Vec<EventFd>,
         activated: Activated,
-        resettable: bool,
+        /// What `reset` fails with; `None`: it succeeds.
+        reset_err: Option<fn() -> ResetError>,
     }
 
     impl VirtioDevice for Dummy {
@@ -355,8 +357,8 @@ mod tests {
             Ok(())
         }
         fn reset(&mut self) -> Result<(), super::super::ResetError> {
-            if !self.resettable {
-                return Err(super::super::ResetError::Unsupported);
+            if let Some(err) = self.reset_err {
+                return Err(err());
             }
             *self.activated.lock().unwrap() = None;
             Ok(())
@@ -364,16 +366,18 @@ mod tests {
     }
 
     fn transport() -> (MmioTransport, Activated, Arc<Interrupt>) {
-        transport_of(false)
+        transport_of(Some(|| ResetError::Unsupported))
     }
 
-    fn transport_of(resettable: bool) -> (MmioTransport, Activated, Arc<Interrupt>) {
+    fn transport_of(
+        reset_err: Option<fn() -> ResetError>,
+    ) -> (MmioTransport, Activated, Arc<Interrupt>) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let activated = Arc::new(Mutex::new(None));
         let dev = Dummy {
             events: vec![EventFd::new(0).unwrap(), EventFd::new(0).unwrap()],
             activated: activated.clone(),
-            resettable,
+            reset_err,
         };
         let irq = Arc::new(Interrupt::new(EventFd::new(0).unwrap()));
         (
@@ -456,8 +460,21 @@ mod tests {
     }
 
     #[test]
+    fn a_device_whose_worker_is_lost_starts_over_and_a_slow_one_keeps_its_queues() {
+        let (mut t, _, _) = transport_of(Some(|| ResetError::Lost));
+        bring_up(&mut t, 1);
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(t.status(), 0, "nothing runs: the registers start over");
+        let (mut t, _, _) = transport_of(Some(|| ResetError::Timeout(Duration::ZERO)));
+        bring_up(&mut t, 1);
+        let before = t.status();
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(t.status(), before, "the worker still owns the queues");
+    }
+
+    #[test]
     fn a_reset_device_forgets_its_setup_and_can_be_activated_again() {
-        let (mut t, activated, irq) = transport_of(true);
+        let (mut t, activated, irq) = transport_of(None);
         bring_up(&mut t, 1);
         assert_eq!(*activated.lock().unwrap(), Some((2, 1 << 32)));
         irq.signal_used_queue();
