@@ -19,6 +19,18 @@ logs=${ARM64_LOG_DIR:-$(cd "$here/../../.." && pwd)/target/nested-arm64}
 mkdir -p "$logs"
 fail=0
 
+# Prints check $1's verdict from the caller's `missing` list; on failure, the L1 lines of
+# its log $2 (or its tail) too.
+report() {
+    if [ ${#missing[@]} = 0 ]; then
+        echo "arm64 $1: ok"
+    else
+        echo "arm64 $1: FAIL, missing: ${missing[*]} (log: $2)"
+        grep '^HULL-ARM64: ' "$2" | grep -v '^HULL-ARM64: l2: \[' || tail -n 20 "$2"
+        fail=1
+    fi
+}
+
 # name, L1 extra args, expected reason, expected cpus, expected seccomp_installed, then
 # any further patterns (grep -E) the log must match.
 run() {
@@ -38,13 +50,7 @@ run() {
     for pattern in "$@"; do
         grep -qE "$pattern" "$log" || missing+=("$pattern")
     done
-    if [ ${#missing[@]} = 0 ]; then
-        echo "arm64 $name: ok"
-    else
-        echo "arm64 $name: FAIL, missing: ${missing[*]} (log: $log)"
-        grep '^HULL-ARM64: ' "$log" | grep -v '^HULL-ARM64: l2: \[' || tail -n 20 "$log"
-        fail=1
-    fi
+    report "$name" "$log"
 }
 
 run poweroff "" "guest powered off \(system event\)" 1 1
@@ -69,13 +75,7 @@ run_agent() {
     grep -q '^HULL-ARM64: probe: HULL-VSOCK-PROBE: ok ready="HULL-AGENT-READY ' "$log" ||
         missing+=("the probe's ok")
     grep -q '^HULL-ARM64: l2: .*filesystems mounted' "$log" || missing+=("the agent's mounts")
-    if [ ${#missing[@]} = 0 ]; then
-        echo "arm64 agent: ok"
-    else
-        echo "arm64 agent: FAIL, missing: ${missing[*]} (log: $log)"
-        grep '^HULL-ARM64: ' "$log" | grep -v '^HULL-ARM64: l2: \[' || tail -n 20 "$log"
-        fail=1
-    fi
+    report agent "$log"
 }
 run_agent
 exit "$fail"
