@@ -33,6 +33,19 @@ pub(crate) fn interrupt() -> (EventFd, Arc<Interrupt>) {
     (irq, i)
 }
 
+/// Polls `ready` every 2 ms until it gives a value (a device thread's doing); fails the
+/// test naming `what` after 10 s.
+pub(crate) fn wait_for<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = ready() {
+            return v;
+        }
+        assert!(start.elapsed().as_secs() < 10, "waited 10 s for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// xorshift64*: a fixed-seed generator, so a failure reproduces.
 pub(crate) struct Rng(pub(crate) u64);
 

@@ -289,7 +289,7 @@ mod tests {
     use super::*;
     use crate::devices::virtio::block::request::tests::disk;
     use crate::devices::virtio::block::request::{req_type, status, RequestHeader};
-    use crate::devices::virtio::test_utils::{desc, interrupt, mem, Rng};
+    use crate::devices::virtio::test_utils::{desc, interrupt, mem, wait_for, Rng};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestAddress};
 
@@ -396,15 +396,6 @@ mod tests {
         assert!(irq.read().is_err());
     }
 
-    /// Waits (up to 10 s) until the irqfd was raised.
-    fn wait_irq(irq: &EventFd) {
-        let t = std::time::Instant::now();
-        while irq.read().is_err() {
-            assert!(t.elapsed().as_secs() < 10, "no interrupt");
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-    }
-
     /// The device's own thread serves a queue; the driver's reset stops it and hands the
     /// disk back, and a second activation (new queue elsewhere) is served by a new thread.
     #[test]
@@ -455,7 +446,7 @@ mod tests {
                 Err(ActivateError::AlreadyActive)
             ));
             dev.queue_events()[0].write(1).unwrap();
-            wait_irq(&irq);
+            wait_for("an interrupt", || irq.read().ok());
             assert_eq!(q.used().idx().load(), 1, "round {round}");
             // The first byte of sector `round` of the test disk is its sector number.
             assert_eq!(

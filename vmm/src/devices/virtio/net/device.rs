@@ -510,7 +510,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::test_utils::{desc, interrupt, mem, Rng};
+    use crate::devices::virtio::test_utils::{desc, interrupt, mem, wait_for, Rng};
     use std::os::unix::net::UnixDatagram;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestAddress};
@@ -665,11 +665,9 @@ mod tests {
             let n = host.recv(&mut got).unwrap();
             assert_eq!(&got[VNET_HDR_SIZE..n], &[b'a' + round; 20], "round {round}");
             host.send(&frame(b"to-guest")).unwrap();
-            let t = std::time::Instant::now();
-            while rxq.used().idx().load() == 0 {
-                assert!(t.elapsed().as_secs() < 10, "round {round}: no RX");
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
+            wait_for(&format!("round {round}: RX"), || {
+                (rxq.used().idx().load() > 0).then_some(())
+            });
             let mut b = [0u8; 8];
             m.read_slice(&mut b, GuestAddress(0x20_0000 + VNET_HDR_SIZE as u64))
                 .unwrap();
