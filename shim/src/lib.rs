@@ -1,8 +1,8 @@
 //! hull's host side: hypervisor backends, the hybrid-vsock transport, the agent client and
 //! the VM lifecycle, plus the checks behind `hull check`.
 //!
-//! The containerd shim (`containerd-shim-hull-v2`) will be built on this library; today the
-//! `hull` operator CLI uses it.
+//! Both binaries are built on it: the containerd shim (`containerd-shim-hull-v2`, see
+//! [`task`]) and the `hull` operator CLI.
 
 #![deny(missing_docs)]
 
@@ -13,6 +13,7 @@ pub mod check;
 pub mod config;
 pub mod image;
 pub mod kvm_probe;
+pub mod reclaim;
 pub mod task;
 pub mod util;
 pub mod vm;

@@ -49,6 +49,27 @@ pub fn unmount_all_under(dir: &Path) {
     }
 }
 
+/// Up to `max` paths under `dir`, depth first (for error messages about what is left).
+pub fn entries_under(dir: &Path, max: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if found.len() == max {
+                return found;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+            found.push(e.path());
+        }
+    }
+    found
+}
+
 /// The last 64 KiB of a file as text; bytes that are not UTF-8 are replaced.
 fn read_tail(path: &Path) -> std::io::Result<String> {
     use std::io::{Read, Seek, SeekFrom};

@@ -339,7 +339,7 @@ impl Vm {
             hypervisor.name(),
             procs.pids()
         );
-        // For cleanup_dead(), should the process that owns this VM die without stopping it.
+        // For reclaim::reclaim(), should the process that owns this VM die without stopping it.
         if let Err(e) = write_pids(&state.0, &procs.pids()) {
             procs.terminate().await;
             return Err(e);
@@ -469,67 +469,10 @@ fn console_summary(console_log: &Path) -> String {
     }
 }
 
-/// The file in a state directory that lists the VM's host pids.
-const PIDS_FILE: &str = "pids";
-
 fn write_pids(state_dir: &Path, pids: &[u32]) -> Result<(), VmError> {
     let text: String = pids.iter().map(|p| format!("{p}\n")).collect();
-    let path = state_dir.join(PIDS_FILE);
+    let path = state_dir.join(crate::reclaim::PIDS_FILE);
     std::fs::write(&path, text).map_err(|source| VmError::StateDir { path, source })
-}
-
-/// Cleans up after a VM whose owner died: kills the processes its pid file names (only
-/// those whose command line mentions the state directory or whose working directory lies in
-/// it, so a recycled pid is never hit), unmounts everything below the directory and removes
-/// it. Idempotent.
-pub fn cleanup_dead(state_dir: &Path) {
-    let needle = state_dir.as_os_str().as_encoded_bytes();
-    let mut killed = Vec::new();
-    if let Ok(text) = std::fs::read_to_string(state_dir.join(PIDS_FILE)) {
-        for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            // A helper started inside the directory names its files relative to it.
-            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
-            if cmdline.windows(needle.len()).any(|w| w == needle) || cwd.starts_with(state_dir) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                killed.push(pid);
-            }
-        }
-    }
-    // SIGKILL takes effect when the process is next scheduled: until then a daemon may still
-    // be re-creating a socket in the directory (vhost-device-vsock does when QEMU goes away),
-    // which would make removing it fail. These are not our children; dead means gone from
-    // /proc or a zombie.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while killed.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // The pod's id is free once its processes are dead; its lock file went with nobody.
-    if let Ok(lock) = std::fs::read(state_dir.join(crate::backend::jail::LOCK_RECORD)) {
-        use std::os::unix::ffi::OsStrExt;
-        crate::backend::jail::release_stale(Path::new(std::ffi::OsStr::from_bytes(&lock)));
-    }
-    crate::util::unmount_all_under(state_dir);
-    if let Err(e) = std::fs::remove_dir_all(state_dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            log::warn!("removing {}: {e}", state_dir.display());
-        }
-    }
-}
-
-/// Whether `pid` still runs (exists and is not a zombie).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses and may hold any byte.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
 }
 
 /// Waits for the agent's readiness line on `ready`; fails early if the VM exits.
@@ -615,56 +558,6 @@ mod tests {
         c.memory_mib = 128;
         c.vcpus = 0;
         assert!(c.validate().unwrap_err().to_string().contains("vcpus 0"));
-    }
-
-    #[test]
-    fn cleanup_after_a_dead_owner_kills_the_vms_processes_only_and_removes_everything() {
-        let root = tempfile::tempdir().unwrap();
-        let state = root.path().join("pod");
-        std::fs::create_dir_all(state.join("vsock")).unwrap();
-        // One names the directory on its command line, one runs inside it (as the confined
-        // vsock daemon does), one is unrelated and must survive.
-        std::fs::write(state.join("console.log"), b"").unwrap();
-        let mut named = std::process::Command::new("tail")
-            .arg("-f")
-            .arg(state.join("console.log"))
-            .spawn()
-            .unwrap();
-        let mut inside = std::process::Command::new("sleep")
-            .arg("60")
-            .current_dir(state.join("vsock"))
-            .spawn()
-            .unwrap();
-        let mut other = std::process::Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .unwrap();
-        std::fs::write(
-            state.join(PIDS_FILE),
-            format!("{}\n{}\n{}\n", named.id(), inside.id(), other.id()),
-        )
-        .unwrap();
-        // A lock file nobody holds (its pod's shim was killed) goes too.
-        let lock = root.path().join("77.lock");
-        std::fs::write(&lock, b"").unwrap();
-        std::fs::write(
-            state.join(crate::backend::jail::LOCK_RECORD),
-            lock.as_os_str().as_encoded_bytes(),
-        )
-        .unwrap();
-        cleanup_dead(&state);
-        assert!(!state.exists());
-        assert!(!lock.exists());
-        // Killed (reaped here, as their parent): SIGKILL, not an exit.
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(named.wait().unwrap().signal(), Some(9));
-        assert_eq!(inside.wait().unwrap().signal(), Some(9));
-        assert!(
-            other.try_wait().unwrap().is_none(),
-            "an unrelated process was killed"
-        );
-        other.kill().unwrap();
-        other.wait().unwrap();
     }
 
     #[test]

@@ -168,6 +168,15 @@ impl Containerd {
         assert!(st.success(), "restarting the private containerd failed");
     }
 
+    /// The lines of containerd's log that mention `needle` (the last 40), for failure
+    /// messages: a dead shim's cleanup shows there, with what `delete` printed.
+    pub fn log_mentioning(&self, needle: &str) -> String {
+        let log =
+            std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
     /// Runs `ctr` against this containerd.
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
         self.ctr_with_stdin(args, b"")
@@ -251,7 +260,10 @@ impl Drop for Containerd {
                 .status();
         }
         for id in &ids {
-            hull_shim::vm::cleanup_dead(&Path::new(hull_shim::DEFAULT_STATE_ROOT).join(id));
+            let dir = Path::new(hull_shim::DEFAULT_STATE_ROOT).join(id);
+            if let Err(e) = hull_shim::reclaim::reclaim(&dir, hull_shim::reclaim::BUDGET) {
+                eprintln!("{e}");
+            }
         }
     }
 }

@@ -26,10 +26,16 @@ fn start() -> Containerd {
     Containerd::start(&env)
 }
 
-/// Nothing of pod `id` survives: no state directory, no process mentioning it.
-fn assert_pod_gone(id: &str) {
+/// Nothing of pod `id` survives: no state directory, no process mentioning it. A failure
+/// shows what is left and what containerd logged about the pod.
+fn assert_pod_gone(c: &Containerd, id: &str) {
     let dir = format!("/run/hull/{id}");
-    assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
+    assert!(
+        !std::path::Path::new(&dir).exists(),
+        "{dir} left behind: {:?}\ncontainerd's log of it:\n{}",
+        hull_tests::entries_under(std::path::Path::new(&dir)),
+        c.log_mentioning(id)
+    );
     let procs = processes_mentioning(&format!("{dir}/"));
     assert!(procs.is_empty(), "processes of {id} left: {procs:?}");
 }
@@ -76,7 +82,7 @@ fn ctr_run_runs_on_the_guest_kernel_with_stdio_and_exit_codes() {
     assert_eq!(text(&out.stdout), "PIPED THROUGH THE VM\n");
 
     for id in ["hull-t-uname", "hull-t-exit", "hull-t-stdin"] {
-        assert_pod_gone(id);
+        assert_pod_gone(&c, id);
     }
 }
 
@@ -175,7 +181,7 @@ fn a_missing_kernel_fails_the_create_naming_it_and_leaves_nothing() {
         "the error should name the missing kernel: {err}"
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_pod_gone("hull-t-nokernel");
+    assert_pod_gone(&c, "hull-t-nokernel");
 }
 
 /// `ctr run --runtime io.containerd.hull.v2 FLAGS --rm IMAGE ID ARGS...`.
@@ -235,7 +241,7 @@ fn the_config_file_named_by_the_runtime_options_sizes_the_vm() {
     // Like runc, a container without a spec hostname sees the host's name.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(lines.next(), Some(host.trim()), "hostname: {stdout}");
-    assert_pod_gone("hull-t-config");
+    assert_pod_gone(&c, "hull-t-config");
 }
 
 #[test]
@@ -262,7 +268,7 @@ fn a_broken_config_fails_the_create_naming_the_file_and_key_and_leaves_nothing()
         "the error should name the missing file: {err}"
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_pod_gone("hull-t-badconfig");
+    assert_pod_gone(&c, "hull-t-badconfig");
 }
 
 /// `ctr run --log-uri URI` (stdout and stderr both name the URI, as containerd does).
@@ -323,7 +329,7 @@ fn file_and_binary_log_uris_receive_all_output() {
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
     for id in ["hull-t-filelog", "hull-t-binlog", "hull-t-badlog"] {
-        assert_pod_gone(id);
+        assert_pod_gone(&c, id);
     }
 }
 
@@ -377,7 +383,7 @@ fn fifty_sequential_runs_leave_no_process_mount_socket_or_state() {
         "(processes, state dirs, mounts, shim sockets) before vs after 50 runs"
     );
     for n in 0..50 {
-        assert_pod_gone(&format!("hull-t-seq-{n}"));
+        assert_pod_gone(&c, &format!("hull-t-seq-{n}"));
     }
 }
 
@@ -427,7 +433,7 @@ fn remove(c: &Containerd, id: &str) {
     let out = c.ctr(&["container", "rm", id]);
     assert!(out.status.success(), "container rm: {}", text(&out.stderr));
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_pod_gone(id);
+    assert_pod_gone(c, id);
 }
 
 /// Calls the shim's Task API directly, as containerd does: ctr 1.6 has no `task update`
@@ -573,7 +579,7 @@ fn a_killed_vm_ends_its_tasks_with_255_and_leaves_nothing() {
     let out = c.ctr(&["container", "rm", "hull-t-vmkill"]);
     assert!(out.status.success(), "container rm: {}", text(&out.stderr));
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_pod_gone("hull-t-vmkill");
+    assert_pod_gone(&c, "hull-t-vmkill");
 }
 
 #[test]
@@ -594,7 +600,7 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
     let _ = c.ctr(&["task", "rm", "-f", "hull-t-shimkill"]);
     let _ = c.ctr(&["container", "rm", "hull-t-shimkill"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_pod_gone("hull-t-shimkill");
+    assert_pod_gone(&c, "hull-t-shimkill");
     // The killed shim's id lock: released by the lock's death, its file by the cleanup.
     let locks: Vec<_> = std::fs::read_dir("/run/hull/.jail")
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -675,7 +681,7 @@ fn an_oom_kill_in_the_guest_publishes_task_oom() {
         topics.iter().any(|t| t == "/tasks/oom"),
         "no /tasks/oom event: {all}"
     );
-    assert_pod_gone("hull-t-oom");
+    assert_pod_gone(&c, "hull-t-oom");
 }
 
 #[test]
@@ -701,5 +707,5 @@ fn a_tty_task_sees_a_terminal() {
     );
     assert_eq!(out.status.code(), Some(5), "{o:?}");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_pod_gone("hull-t-tty");
+    assert_pod_gone(&c, "hull-t-tty");
 }

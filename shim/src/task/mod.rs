@@ -144,7 +144,12 @@ impl Shim for HullShim {
             .strip_prefix("unix://")
             .is_some_and(|p| std::os::unix::net::UnixStream::connect(p).is_ok());
         if !alive && crate::vm::validate_id(&pod).is_ok() {
-            crate::vm::cleanup_dead(&Path::new(crate::DEFAULT_STATE_ROOT).join(&pod));
+            let dir = Path::new(crate::DEFAULT_STATE_ROOT).join(&pod);
+            if let Err(e) = crate::reclaim::reclaim(&dir, crate::reclaim::BUDGET) {
+                // Not an error reply: containerd would then keep the bundle too. Our stderr
+                // reaches containerd's log as "cleanup warnings".
+                eprintln!("io.containerd.hull.v2: delete: {e}");
+            }
         }
         Ok(api::DeleteResponse {
             exit_status: 137,

@@ -474,7 +474,8 @@ impl Pod {
                 self.id,
                 stale.display()
             );
-            crate::vm::cleanup_dead(&stale);
+            crate::reclaim::reclaim(&stale, crate::reclaim::BUDGET)
+                .map_err(|e| PodError::FailedPrecondition(e.to_string()))?;
         }
         let vm = Vm::boot(setup.hypervisor.as_ref(), &self.id, &setup.vm_cfg).await?;
         let agent = vm.agent().clone();
