@@ -2,6 +2,7 @@
 //! tests can drive it in their own processes (the reaper waits for any child, which must not
 //! race other tests' children in one test binary).
 
+pub mod build;
 pub mod init;
 pub mod logger;
 pub mod ready;

@@ -161,6 +161,9 @@ async fn serve(
 fn main() -> ExitCode {
     let pid1 = std::process::id() == 1;
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(hull_agent::build::HELPER_ARG) {
+        return hull_agent::build::helper_main(args.get(1).map(String::as_str));
+    }
     let env_level = std::env::var("hull_log").ok();
     let opts = match parse_args(&args, env_level.as_deref()) {
         Ok(o) => o,

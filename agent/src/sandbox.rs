@@ -11,9 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
-use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -62,6 +60,18 @@ pub enum SandboxError {
         /// The underlying error.
         source: Box<libcontainer::error::LibcontainerError>,
     },
+    /// Building a container process failed (in the build helper).
+    #[error("{op} container {id}: {message}")]
+    Build {
+        /// The operation.
+        op: &'static str,
+        /// The container.
+        id: String,
+        /// Which kind of failure.
+        failure: crate::build::Failure,
+        /// libcontainer's message, or what went wrong with the helper.
+        message: String,
+    },
     /// cgroup access failed.
     #[error("cgroup of container {id}: {reason}")]
     Cgroup {
@@ -99,6 +109,11 @@ impl SandboxError {
             {
                 ttrpc::Code::INVALID_ARGUMENT
             }
+            SandboxError::Build { failure, .. } => match failure {
+                crate::build::Failure::Invalid => ttrpc::Code::INVALID_ARGUMENT,
+                crate::build::Failure::Precondition => ttrpc::Code::FAILED_PRECONDITION,
+                crate::build::Failure::Internal => ttrpc::Code::INTERNAL,
+            },
             SandboxError::Runtime { .. }
             | SandboxError::Cgroup { .. }
             | SandboxError::Io { .. } => ttrpc::Code::INTERNAL,
@@ -494,44 +509,36 @@ impl Sandbox {
         let (pending, child_fds, console_path) =
             PendingStdio::prepare(terminal, bundle.join("console.sock"), stdin, stdout, stderr)?;
 
+        let req = crate::build::Request {
+            id: id.to_string(),
+            state_root: state_root.clone(),
+            console_socket: console_path,
+            piped_stdio: child_fds.is_some(),
+            kind: crate::build::Kind::Init {
+                bundle: bundle.to_path_buf(),
+                no_pivot: self.cfg.no_pivot,
+            },
+            reply: self.reply_path(),
+        };
         let reaper = self.reaper.clone();
-        let no_pivot = self.cfg.no_pivot;
-        let id_owned = id.to_string();
-        let bundle_owned = bundle.to_path_buf();
-        // The process-side fds move into the builder and are closed with it, so the agent
-        // keeps no write end of an output pipe (which would hide the EOF).
         let built = tokio::task::spawn_blocking(move || {
             let held = reaper.fork_lock();
-            let mut b = ContainerBuilder::new(id_owned.clone(), SyscallType::default())
-                .with_root_path(state_root)
-                .map_err(|source| SandboxError::Runtime {
+            let pid = build_process("create", &req, child_fds)?;
+            let exit = reaper.register(&held, pid);
+            // The helper is gone; libcontainer's state on disk is the container. Without
+            // it the process could never be started or deleted: it goes.
+            let container = Container::load(req.state_root.join(&req.id)).map_err(|source| {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                SandboxError::Runtime {
                     op: "create",
-                    id: id_owned.clone(),
+                    id: req.id.clone(),
                     source: Box::new(source),
-                })?
-                .with_console_socket(console_path);
-            if let Some([i, o, e]) = child_fds {
-                b = b.with_stdin(i).with_stdout(o).with_stderr(e);
-            }
-            let container = b
-                .validate_id()
-                .and_then(|b| {
-                    b.as_init(bundle_owned)
-                        .with_systemd(false)
-                        .with_detach(true)
-                        .with_no_pivot(no_pivot)
-                        .build()
-                })
-                .map_err(|source| SandboxError::Runtime {
-                    op: "create",
-                    id: id_owned.clone(),
-                    source: Box::new(source),
-                })?;
-            let pid = container.pid().ok_or_else(|| {
-                SandboxError::FailedPrecondition(format!("container {id_owned:?} has no init pid"))
+                }
             })?;
-            let exit = reaper.register(&held, pid.as_raw());
-            Ok::<_, SandboxError>((container, pid.as_raw(), exit))
+            Ok::<_, SandboxError>((container, pid, exit))
         })
         .await
         .map_err(|e| SandboxError::FailedPrecondition(format!("create task failed: {e}")))?;
@@ -559,6 +566,13 @@ impl Sandbox {
             execs: Mutex::new(HashMap::new()),
             oom_watch,
         }))
+    }
+
+    /// A fresh path for a build helper's reply.
+    fn reply_path(&self) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.cfg.state_root.join(format!("build-{n}.reply"))
     }
 
     /// Runs a blocking libcontainer operation on a container under the fork lock.
@@ -644,34 +658,21 @@ impl Sandbox {
             stdout,
             stderr,
         )?;
+        let req = crate::build::Request {
+            id: id.to_string(),
+            state_root: self.cfg.state_root.join("containers"),
+            console_socket: console_path,
+            piped_stdio: child_fds.is_some(),
+            kind: crate::build::Kind::Tenant {
+                process: path.clone(),
+            },
+            reply: self.reply_path(),
+        };
         let reaper = self.reaper.clone();
-        let state_root = self.cfg.state_root.join("containers");
-        let idc = id.to_string();
-        let pathc = path.clone();
-        let console_pathc = console_path.clone();
         let built = tokio::task::spawn_blocking(move || {
             let held = reaper.fork_lock();
-            let pid = ContainerBuilder::new(idc.clone(), SyscallType::default())
-                .with_root_path(state_root)
-                .map(|b| {
-                    let b = b.with_console_socket(console_pathc);
-                    match child_fds {
-                        Some([i, o, e]) => b.with_stdin(i).with_stdout(o).with_stderr(e),
-                        None => b,
-                    }
-                })
-                .and_then(|b| {
-                    b.as_tenant()
-                        .with_detach(true)
-                        .with_process(Some(pathc))
-                        .build()
-                })
-                .map_err(|source| SandboxError::Runtime {
-                    op: "exec in",
-                    id: idc,
-                    source: Box::new(source),
-                })?;
-            Ok::<_, SandboxError>((pid.as_raw(), reaper.register(&held, pid.as_raw())))
+            let pid = build_process("exec in", &req, child_fds)?;
+            Ok::<_, SandboxError>((pid, reaper.register(&held, pid)))
         })
         .await
         .map_err(|e| SandboxError::FailedPrecondition(format!("exec task failed: {e}")))?;
@@ -920,6 +921,31 @@ struct Wired {
     output: Vec<JoinHandle<()>>,
     input: Option<JoinHandle<()>>,
     tty: Option<OwnedFd>,
+}
+
+/// Builds a process in a helper (see [`crate::build`]); its pid, or the error naming `op`
+/// and the container. The caller holds the fork lock.
+fn build_process(
+    op: &'static str,
+    req: &crate::build::Request,
+    stdio: Option<[OwnedFd; 3]>,
+) -> Result<i32, SandboxError> {
+    use crate::build::{Failure, Reply};
+    match crate::build::run(req, stdio) {
+        Ok(Reply::Built(pid)) => Ok(pid),
+        Ok(Reply::Failed(failure, message)) => Err(SandboxError::Build {
+            op,
+            id: req.id.clone(),
+            failure,
+            message,
+        }),
+        Err(e) => Err(SandboxError::Build {
+            op,
+            id: req.id.clone(),
+            failure: Failure::Internal,
+            message: e.to_string(),
+        }),
+    }
 }
 
 impl PendingStdio {
