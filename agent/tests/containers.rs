@@ -25,6 +25,25 @@ async fn create(agent: &HostAgent, id: &str, args: &[&str], streams: (&str, &str
     r.pid
 }
 
+/// The parent pid of `pid`, from /proc (None once it is gone).
+fn parent_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| parent_of(p) == Some(pid))
+        .collect()
+}
+
 fn req(id: &str) -> ContainerRequest {
     ContainerRequest {
         container_id: id.into(),
@@ -53,6 +72,21 @@ async fn a_container_runs_and_its_output_and_exit_code_come_back() {
     )
     .await;
     assert!(pid > 1);
+    // Built by a helper process (hull_agent::build), which is gone: the container's
+    // process is the agent's own child now, and the agent reaps it.
+    assert_eq!(
+        parent_of(pid),
+        Some(agent.child.id()),
+        "parent of the container's init"
+    );
+    let helpers: Vec<u32> = children_of(agent.child.id())
+        .into_iter()
+        .filter(|&c| c != pid)
+        .collect();
+    assert!(
+        helpers.is_empty(),
+        "agent children besides the init: {helpers:?}"
+    );
     agent
         .client
         .start_container(ctx(), &req("c1"))
