@@ -616,8 +616,11 @@ fn nix_kill9(pid: u32) {
     assert!(st.success());
 }
 
-/// The `/tasks/...` topics `ctr events` saw for task `id` while `run` ran.
+/// The `/tasks/...` topics `ctr events` saw for task `id` while `run` ran: subscribed before
+/// it starts, read until the task's delete event (what `ctr run --rm` ends with).
 fn task_topics_during(c: &Containerd, id: &str, run: impl FnOnce()) -> (Vec<String>, String) {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
     let mut events = std::process::Command::new("ctr")
         .arg("-a")
         .arg(c.dir.path().join("containerd.sock"))
@@ -625,13 +628,53 @@ fn task_topics_during(c: &Containerd, id: &str, run: impl FnOnce()) -> (Vec<Stri
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let stdout = events.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    // `ctr events` has subscribed once an event of our own comes through: a label on the
+    // test image publishes /images/update.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'subscribed: for n in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "ctr events saw none of our events: {seen:?}"
+        );
+        let label = format!("hull-test-sync={n}");
+        let _ = c.ctr(&["images", "label", hull_tests::TEST_IMAGE, &label]);
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            let synced = line.contains("/images/update");
+            seen.push(line);
+            if synced {
+                break 'subscribed;
+            }
+        }
+    }
+    seen.clear();
     run();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // `ctr run --rm` ends with the task's delete event.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let last = line.contains(id) && line.contains("/tasks/delete");
+        seen.push(line);
+        if last {
+            break;
+        }
+    }
     let _ = events.kill();
-    let out = text(&events.wait_with_output().unwrap().stdout);
-    let topics = out
-        .lines()
+    let _ = events.wait();
+    let _ = reader.join();
+    let topics = seen
+        .iter()
         .filter(|l| l.contains(id) && l.contains("/tasks/"))
         .filter_map(|l| {
             l.split_whitespace()
@@ -639,7 +682,7 @@ fn task_topics_during(c: &Containerd, id: &str, run: impl FnOnce()) -> (Vec<Stri
                 .map(String::from)
         })
         .collect();
-    (topics, out)
+    (topics, seen.join("\n"))
 }
 
 #[test]
