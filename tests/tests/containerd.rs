@@ -333,35 +333,58 @@ fn file_and_binary_log_uris_receive_all_output() {
     }
 }
 
-/// Everything hull could leave on the host: shim and VM processes, pod state and held pod
-/// ids, mounts below /run/hull, shim sockets.
-fn hull_footprint() -> (usize, usize, usize, usize) {
-    let procs = processes_mentioning("containerd-shim-hull-v2").len()
-        + processes_mentioning("/run/hull/").len();
+/// Everything hull could leave on the host, one entry each: shim and VM processes, pod state
+/// and held pod ids, mounts below /run/hull, shim sockets.
+fn hull_footprint() -> std::collections::BTreeSet<String> {
+    let mut all = std::collections::BTreeSet::new();
+    for pid in processes_mentioning("containerd-shim-hull-v2")
+        .into_iter()
+        .chain(processes_mentioning("/run/hull/"))
+    {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        all.insert(format!(
+            "process {pid}: {}",
+            text(&cmdline).replace('\0', " ")
+        ));
+    }
     // Pod state directories; dotfiles are host-wide (the recorded KVM verdict, the lock
     // directory of the pods' ids), plus the ids still held.
-    let state = std::fs::read_dir("/run/hull")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                .count()
-        })
-        .unwrap_or(0)
-        + std::fs::read_dir("/run/hull/.jail").map_or(0, |d| d.count());
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+    let names = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for n in names("/run/hull")
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+    {
+        all.insert(format!("state /run/hull/{n}"));
+    }
+    for n in names("/run/hull/.jail") {
+        all.insert(format!("id lock {n}"));
+    }
+    for l in std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .filter(|l| l.contains(" /run/hull/"))
-        .count();
-    let sockets = std::fs::read_dir("/run/containerd/s")
-        .map(|d| d.count())
-        .unwrap_or(0);
-    (procs, state, mounts, sockets)
+    {
+        if l.contains(" /run/hull/") {
+            all.insert(format!("mount {l}"));
+        }
+    }
+    for n in names("/run/containerd/s") {
+        all.insert(format!("shim socket {n}"));
+    }
+    all
 }
 
 #[test]
 fn fifty_sequential_runs_leave_no_process_mount_socket_or_state() {
-    // Counts are global: the Makefile runs this binary with one test thread.
+    // The footprint is host-wide: the Makefile runs this binary with one test thread. What
+    // an earlier test left may still go away meanwhile; only what is new counts.
     let c = start();
     let before = hull_footprint();
     for n in 0..50 {
@@ -370,18 +393,16 @@ fn fifty_sequential_runs_leave_no_process_mount_socket_or_state() {
         assert!(out.status.success(), "run {n}: {}", text(&out.stderr));
     }
     // The last shim exits right after containerd's Shutdown; give it a moment.
-    let mut after = hull_footprint();
+    let new = || -> Vec<String> { hull_footprint().difference(&before).cloned().collect() };
+    let mut left = new();
     for _ in 0..50 {
-        if after == before {
+        if left.is_empty() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
-        after = hull_footprint();
+        left = new();
     }
-    assert_eq!(
-        after, before,
-        "(processes, state dirs, mounts, shim sockets) before vs after 50 runs"
-    );
+    assert!(left.is_empty(), "left after 50 runs: {left:#?}");
     for n in 0..50 {
         assert_pod_gone(&c, &format!("hull-t-seq-{n}"));
     }
