@@ -312,21 +312,7 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
 
 /// Everything left under `root`: files, sockets, directories (recursive).
 pub fn entries_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                stack.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
+    hull_shim::util::entries_under(root, usize::MAX)
 }
 
 /// Asserts that nothing of the VMs under `state_root` survives: no process mentions it, no
