@@ -14,6 +14,10 @@ use thiserror::Error;
 /// The file in a state directory that lists the VM's host pids (written at boot).
 pub const PIDS_FILE: &str = "pids";
 
+/// The environment variable every process the shim starts for a pod carries: the pod's
+/// state directory. Inherited by whatever those processes start in turn.
+pub const POD_ENV: &str = "HULL_POD_STATE";
+
 /// How long [`reclaim`] keeps trying: under containerd's 5 s cleanup timeout, with room
 /// for the `delete` process's own start.
 pub const BUDGET: Duration = Duration::from_secs(3);
@@ -40,10 +44,11 @@ pub struct ReclaimError {
 /// `state_dir`, frees the pod's id lock and removes the directory; repeats until the
 /// directory is gone or `budget` is spent. Idempotent; a missing directory is success.
 ///
-/// A process belongs to the pod if its pid is in the pid file or anything on the host runs
-/// with the directory in its command line, working directory or root (a chrooted QEMU or
-/// virtiofsd, a daemon started inside the directory, a child a helper forked). That is
-/// also what keeps a recycled pid from the pid file from being hit.
+/// A process belongs to the pod if it carries the pod's [`POD_ENV`] (every helper the shim
+/// started, and their children), or if the pid file lists it and it names the directory in
+/// its command line, or works or is rooted inside it (a pod started before the tag; the
+/// check keeps a recycled pid from being hit). An operator's shell in the directory is
+/// neither, and lives.
 pub fn reclaim(state_dir: &Path, budget: Duration) -> Result<(), ReclaimError> {
     let deadline = Instant::now() + budget;
     loop {
@@ -60,7 +65,19 @@ pub fn reclaim(state_dir: &Path, budget: Duration) -> Result<(), ReclaimError> {
             crate::backend::jail::release_stale(Path::new(std::ffi::OsStr::from_bytes(&lock)));
         }
         crate::util::unmount_all_under(state_dir);
-        let source = match std::fs::remove_dir_all(state_dir) {
+        // remove_dir_all crosses mount points: with a mount still there (a bind of the
+        // bundle's rootfs), it would delete the source's files. Not this pass.
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|info| crate::util::mounts_under(&info, state_dir))
+            .unwrap_or_default();
+        let removed = match mounted.first() {
+            Some(m) => Err(std::io::Error::other(format!(
+                "{} is still mounted",
+                m.display()
+            ))),
+            None => std::fs::remove_dir_all(state_dir),
+        };
+        let source = match removed {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => e,
@@ -81,11 +98,12 @@ pub fn reclaim(state_dir: &Path, budget: Duration) -> Result<(), ReclaimError> {
 
 /// Sends SIGKILL to every process of the pod (see [`reclaim`]); returns their pids.
 fn kill_processes_of(state_dir: &Path) -> Vec<i32> {
-    let mut candidates: Vec<i32> = std::fs::read_to_string(state_dir.join(PIDS_FILE))
+    let listed: Vec<i32> = std::fs::read_to_string(state_dir.join(PIDS_FILE))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect();
+    let mut candidates = listed.clone();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         candidates.extend(
             entries
@@ -98,7 +116,7 @@ fn kill_processes_of(state_dir: &Path) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut killed = Vec::new();
     for pid in candidates {
-        if pid == me || pid <= 1 || !belongs_to(pid, state_dir) {
+        if pid == me || pid <= 1 || !belongs_to(pid, state_dir, listed.contains(&pid)) {
             continue;
         }
         let _ = nix::sys::signal::kill(
@@ -110,8 +128,15 @@ fn kill_processes_of(state_dir: &Path) -> Vec<i32> {
     killed
 }
 
-/// Whether process `pid` names `dir` in its command line, or works or is rooted inside it.
-fn belongs_to(pid: i32, dir: &Path) -> bool {
+/// Whether process `pid` is the pod's (see [`reclaim`]); `listed`: the pid file names it.
+fn belongs_to(pid: i32, dir: &Path, listed: bool) -> bool {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    if carries_tag(&environ, dir) {
+        return true;
+    }
+    if !listed {
+        return false;
+    }
     let inside = |link: &str| {
         std::fs::read_link(format!("/proc/{pid}/{link}")).is_ok_and(|p| p.starts_with(dir))
     };
@@ -119,8 +144,16 @@ fn belongs_to(pid: i32, dir: &Path) -> bool {
     mentions_dir(&cmdline, dir) || inside("cwd") || inside("root")
 }
 
-/// Whether a NUL-separated command line names `dir` or a path below it: `dir` followed by
-/// `/`, `,` (QEMU's option lists), NUL or the end, so pod `p1` never matches `/run/hull/p10`.
+/// Whether a NUL-separated environment holds exactly `POD_ENV=dir`.
+fn carries_tag(environ: &[u8], dir: &Path) -> bool {
+    let mut tag = format!("{POD_ENV}=").into_bytes();
+    tag.extend_from_slice(dir.as_os_str().as_encoded_bytes());
+    environ.split(|&b| b == 0).any(|var| var == tag.as_slice())
+}
+
+/// Whether a NUL-separated command line names `dir` or a path below it: `dir` preceded by
+/// the start of an argument, `=`, `,` or `:` and followed by `/`, `,` (QEMU's option lists)
+/// or the end of the argument, so pod `p1` never matches `/run/hull/p10`.
 fn mentions_dir(cmdline: &[u8], dir: &Path) -> bool {
     let needle = dir.as_os_str().as_encoded_bytes();
     if needle.is_empty() {
@@ -131,10 +164,12 @@ fn mentions_dir(cmdline: &[u8], dir: &Path) -> bool {
         .enumerate()
         .filter(|(_, w)| *w == needle)
         .any(|(at, _)| {
-            matches!(
-                cmdline.get(at + needle.len()),
-                None | Some(b'/' | b',' | b'\0')
-            )
+            let before = at.checked_sub(1).map(|i| cmdline[i]);
+            matches!(before, None | Some(b'\0' | b'=' | b',' | b':'))
+                && matches!(
+                    cmdline.get(at + needle.len()),
+                    None | Some(b'/' | b',' | b'\0')
+                )
         })
 }
 
@@ -169,6 +204,7 @@ mod tests {
             &b"qemu\0-kernel\0/run/hull/p10/k"[..],
             b"sleep\x0060",
             b"/run/hull/p1x",
+            b"cat\0/x/run/hull/p1/k",
             b"",
         ] {
             assert!(!mentions_dir(no, dir), "{}", String::from_utf8_lossy(no));
@@ -185,26 +221,27 @@ mod tests {
         std::fs::create_dir_all(&neighbour).unwrap();
         std::fs::write(state.join("console.log"), b"").unwrap();
         std::fs::write(neighbour.join("console.log"), b"").unwrap();
-        let spawn = |program: &str, args: &[&Path], cwd: &Path| {
-            std::process::Command::new(program)
-                .args(args)
-                .current_dir(cwd)
-                .spawn()
-                .unwrap()
+        let spawn = |program: &str, args: &[&Path], cwd: &Path, tag: Option<&Path>| {
+            let mut cmd = std::process::Command::new(program);
+            cmd.args(args).current_dir(cwd);
+            if let Some(pod) = tag {
+                cmd.env(POD_ENV, pod);
+            }
+            cmd.spawn().unwrap()
         };
-        // One in the pid file naming the directory; one running inside it that the pid
-        // file does not list (as a helper's own child would); one of a pod whose name
-        // starts with this one's; one unrelated, listed in the pid file (a recycled pid).
+        // Belong to the pod: one in the pid file naming the directory; one tagged that the
+        // pid file does not list (as a helper's own child would). Do not: one of a pod
+        // whose name starts with this one's; one listed in the pid file that has nothing
+        // to do with the pod (a recycled pid); an operator's, working in the directory.
         let follow = Path::new("-f");
         let minute = Path::new("60");
-        let mut named = spawn("tail", &[follow, &state.join("console.log")], root.path());
-        let mut inside = spawn("sleep", &[minute], &state.join("vsock"));
-        let mut neighbours = spawn(
-            "tail",
-            &[follow, &neighbour.join("console.log")],
-            root.path(),
-        );
-        let mut recycled = spawn("sleep", &[minute], root.path());
+        let log = state.join("console.log");
+        let mut named = spawn("tail", &[follow, &log], root.path(), None);
+        let mut tagged = spawn("sleep", &[minute], root.path(), Some(&state));
+        let neighbours_log = neighbour.join("console.log");
+        let mut neighbours = spawn("tail", &[follow, &neighbours_log], root.path(), None);
+        let mut recycled = spawn("sleep", &[minute], root.path(), None);
+        let mut operators = spawn("sleep", &[minute], &state.join("vsock"), None);
         std::fs::write(
             state.join(PIDS_FILE),
             format!("{}\n{}\n", named.id(), recycled.id()),
@@ -225,8 +262,8 @@ mod tests {
         // Killed (reaped here, as their parent): SIGKILL, not an exit.
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(named.wait().unwrap().signal(), Some(9));
-        assert_eq!(inside.wait().unwrap().signal(), Some(9));
-        for survivor in [&mut neighbours, &mut recycled] {
+        assert_eq!(tagged.wait().unwrap().signal(), Some(9));
+        for survivor in [&mut neighbours, &mut recycled, &mut operators] {
             assert!(
                 survivor.try_wait().unwrap().is_none(),
                 "a process of another pod or none was killed"

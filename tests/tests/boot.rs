@@ -56,6 +56,19 @@ async fn five_boots_in_a_row_leave_no_process_socket_or_state() {
         assert_eq!(vm.state_dir(), root.path().join(&id));
         let pids = vm.pids();
         assert_eq!(pids.len(), 2, "qemu and vhost-device-vsock");
+        // Each carries its pod's tag, by which a dead shim's pod is reclaimed.
+        let tag = format!(
+            "{}={}",
+            hull_shim::reclaim::POD_ENV,
+            vm.state_dir().display()
+        );
+        for &pid in &pids {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+            assert!(
+                environ.split(|&b| b == 0).any(|v| v == tag.as_bytes()),
+                "pid {pid} lacks {tag}"
+            );
+        }
         vm.agent().check().await.unwrap();
         let outcome = vm.shutdown(Duration::from_secs(10)).await;
         assert!(

@@ -122,7 +122,7 @@ impl Hypervisor for HullVmm {
                     &virtiofsd_args(spec, share),
                     &spec.state_dir.join("virtiofsd.log"),
                     &virtiofs_socket(spec),
-                    &StartAs::default(),
+                    &StartAs::of_pod(spec),
                 )
                 .await?,
             );
@@ -131,7 +131,7 @@ impl Hypervisor for HullVmm {
             &self.binary,
             &args,
             &spec.state_dir.join("hull-vmm.log"),
-            &StartAs::default(),
+            &StartAs::of_pod(spec),
         ) {
             Ok(v) => v,
             Err(e) => {

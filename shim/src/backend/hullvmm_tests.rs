@@ -376,6 +376,7 @@ async fn a_daemon_the_pod_id_cannot_run_is_named_with_the_id_and_the_fix() {
     let daemon = script(&t.bin, "only-root-can-reach-me", "exec sleep 600");
     std::fs::set_permissions(&t.bin, std::fs::Permissions::from_mode(0o700)).unwrap();
     let how = super::super::qemu::StartAs {
+        pod: t.state.clone(),
         dir: Some(t.state.clone()),
         id: Some(60005),
     };

@@ -225,13 +225,29 @@ pub fn vsock_daemon_args(spec: &LaunchSpec) -> Vec<String> {
     ]
 }
 
-/// How a helper is started: where, and as which id (`None`: root, the shim's own).
-#[derive(Debug, Clone, Default)]
+/// How a helper is started: for which pod, where, and as which id (`None`: root, the
+/// shim's own).
+#[derive(Debug, Clone)]
 pub(super) struct StartAs {
+    /// The pod's state directory: the helper and whatever it starts carry it in their
+    /// environment ([`crate::reclaim::POD_ENV`]), which is how a dead pod's processes are
+    /// told from anyone else's that happens to work in the directory.
+    pub(super) pod: PathBuf,
     /// Its working directory.
     pub(super) dir: Option<PathBuf>,
     /// Its uid and gid.
     pub(super) id: Option<u32>,
+}
+
+impl StartAs {
+    /// A helper of `spec`'s pod, as root, in the shim's working directory.
+    pub(super) fn of_pod(spec: &LaunchSpec) -> StartAs {
+        StartAs {
+            pod: spec.state_dir.clone(),
+            dir: None,
+            id: None,
+        }
+    }
 }
 
 fn spawn_logged(
@@ -250,6 +266,7 @@ fn spawn_logged(
     })?;
     let mut cmd = Command::new(program);
     cmd.args(args)
+        .env(crate::reclaim::POD_ENV, &how.pod)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -363,6 +380,7 @@ impl Hypervisor for Qemu {
                 &StartAs {
                     dir: Some(spec.vsock_dir()),
                     id: run_as,
+                    ..StartAs::of_pod(spec)
                 },
             )
             .await?,
@@ -373,7 +391,7 @@ impl Hypervisor for Qemu {
                 &virtiofsd_args(spec, share),
                 &spec.state_dir.join("virtiofsd.log"),
                 &virtiofs_socket(spec),
-                &StartAs::default(),
+                &StartAs::of_pod(spec),
             )
             .await
             {
@@ -388,7 +406,7 @@ impl Hypervisor for Qemu {
             &self.binary,
             &qemu_args(spec, self.accel, qemu_jail),
             &spec.state_dir.join("qemu.log"),
-            &StartAs::default(),
+            &StartAs::of_pod(spec),
         ) {
             Ok(q) => q,
             Err(e) => {

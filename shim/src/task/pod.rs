@@ -474,8 +474,12 @@ impl Pod {
                 self.id,
                 stale.display()
             );
-            crate::reclaim::reclaim(&stale, crate::reclaim::BUDGET)
-                .map_err(|e| PodError::FailedPrecondition(e.to_string()))?;
+            tokio::task::spawn_blocking(move || {
+                crate::reclaim::reclaim(&stale, crate::reclaim::BUDGET)
+            })
+            .await
+            .map_err(|e| PodError::FailedPrecondition(format!("cleaning up stale state: {e}")))?
+            .map_err(|e| PodError::FailedPrecondition(e.to_string()))?;
         }
         let vm = Vm::boot(setup.hypervisor.as_ref(), &self.id, &setup.vm_cfg).await?;
         let agent = vm.agent().clone();
