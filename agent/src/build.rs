@@ -189,10 +189,55 @@ impl Reply {
     }
 }
 
+impl Request {
+    /// Where libcontainer writes the new process's pid, as soon as it exists: how a build
+    /// whose helper died is found and undone.
+    fn pid_file(&self) -> PathBuf {
+        self.reply.with_extension("pid")
+    }
+
+    fn remove_files(&self) {
+        for f in [
+            self.reply.clone(),
+            self.reply.with_extension("tmp"),
+            self.pid_file(),
+        ] {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// Undoes a build whose outcome the caller cannot use (the helper died or timed out, or
+/// the state it left cannot be loaded): kills the new process if it got as far as having
+/// a pid, and for a container removes what libcontainer made of it (state, cgroup).
+pub fn abandon(req: &Request) {
+    let pid = std::fs::read_to_string(req.pid_file())
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|&p| p > 1);
+    if let Some(pid) = pid {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if matches!(req.kind, Kind::Init { .. }) {
+        let dir = req.state_root.join(&req.id);
+        let deleted =
+            libcontainer::container::Container::load(dir.clone()).and_then(|mut c| c.delete(true));
+        if let Err(e) = deleted {
+            log::warn!("container {}: undoing a failed build: {e}", req.id);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    req.remove_files();
+}
+
 /// Runs a build in a helper and waits for its reply (blocking). `stdio` becomes the
-/// process's stdin, stdout and stderr (and is closed here once the helper has it).
+/// process's stdin, stdout and stderr (and is closed here once the helper has it). On an
+/// error the build is undone ([`abandon`]).
 pub fn run(req: &Request, stdio: Option<[OwnedFd; 3]>) -> Result<Reply, HelperError> {
-    let _ = std::fs::remove_file(&req.reply);
+    req.remove_files();
     let mut cmd = Command::new(SELF_EXE);
     cmd.arg(HELPER_ARG).arg(req.to_json().to_string());
     match stdio {
@@ -218,25 +263,36 @@ pub fn run(req: &Request, stdio: Option<[OwnedFd; 3]>) -> Result<Reply, HelperEr
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let _ = std::fs::remove_file(&req.reply);
+                abandon(req);
                 return Err(HelperError::Timeout(BUILD_TIMEOUT));
             }
             Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                abandon(req);
                 return Err(HelperError::NoReply {
                     status: "unknown".into(),
                     reason: format!("waiting for it: {e}"),
-                })
+                });
             }
         }
     };
-    let text = std::fs::read_to_string(&req.reply);
-    let _ = std::fs::remove_file(&req.reply);
-    text.map_err(|e| e.to_string())
-        .and_then(|t| Reply::from_json(&t))
-        .map_err(|reason| HelperError::NoReply {
-            status: status.to_string(),
-            reason,
-        })
+    let reply = std::fs::read_to_string(&req.reply)
+        .map_err(|e| e.to_string())
+        .and_then(|t| Reply::from_json(&t));
+    match reply {
+        Ok(reply) => {
+            req.remove_files();
+            Ok(reply)
+        }
+        Err(reason) => {
+            abandon(req);
+            Err(HelperError::NoReply {
+                status: status.to_string(),
+                reason,
+            })
+        }
+    }
 }
 
 /// The helper process: builds what `request` (JSON) asks for and writes the reply. Must
@@ -246,7 +302,14 @@ pub fn helper_main(request: Option<&str>) -> ExitCode {
     let Some(req) = request.and_then(|r| Request::from_json(r).ok()) else {
         return ExitCode::from(2);
     };
+    let me = std::process::id();
     let reply = std::panic::catch_unwind(|| build(&req)).unwrap_or_else(|p| {
+        // libcontainer's forked children return from the fork on this stack: a panic in
+        // one unwinds to here, in a process that must not answer for the helper.
+        if std::process::id() != me {
+            // SAFETY: _exit ends this process at once; nothing after it runs.
+            unsafe { libc::_exit(255) }
+        }
         let what = p
             .downcast_ref::<String>()
             .cloned()
@@ -289,16 +352,30 @@ fn try_build(req: &Request) -> Result<i32, LibcontainerError> {
     let mut b = ContainerBuilder::new(req.id.clone(), SyscallType::default())
         .with_root_path(&req.state_root)?
         .with_console_socket(req.console_socket.as_ref());
+    let io = |what: &str, e: std::io::Error| LibcontainerError::Other(format!("{what}: {e}"));
     if req.piped_stdio {
         let dup = |fd: std::os::fd::BorrowedFd<'_>| {
             fd.try_clone_to_owned()
-                .map_err(|e| LibcontainerError::Other(format!("duplicating stdio: {e}")))
+                .map_err(|e| io("duplicating stdio", e))
         };
         b = b
             .with_stdin(dup(std::io::stdin().as_fd())?)
             .with_stdout(dup(std::io::stdout().as_fd())?)
             .with_stderr(dup(std::io::stderr().as_fd())?);
     }
+    // The process has its own copies. The helper's 0-2 go to /dev/null: what libcontainer
+    // runs here (OCI hooks inherit stderr) must neither write into the container's output
+    // nor hold its pipes open.
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| io("opening /dev/null", e))?;
+    nix::unistd::dup2_stdin(&null)
+        .and_then(|()| nix::unistd::dup2_stdout(&null))
+        .and_then(|()| nix::unistd::dup2_stderr(&null))
+        .map_err(|e| io("redirecting the helper's stdio", e.into()))?;
+    b = b.with_pid_file(Some(req.pid_file()))?;
     match &req.kind {
         Kind::Init { bundle, no_pivot } => {
             let container = b
@@ -357,6 +434,39 @@ mod tests {
         ] {
             assert_eq!(Reply::from_json(&reply.to_json().to_string()), Ok(reply));
         }
+    }
+
+    #[test]
+    fn an_abandoned_build_leaves_no_process_state_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = Request {
+            id: "c1".into(),
+            state_root: dir.path().join("containers"),
+            console_socket: None,
+            piped_stdio: false,
+            kind: Kind::Init {
+                bundle: dir.path().join("bundle"),
+                no_pivot: false,
+            },
+            reply: dir.path().join("build-0.reply"),
+        };
+        // What a helper that died half-way leaves: the process it made (its pid written),
+        // a state directory libcontainer cannot load, a reply half written.
+        let mut made = Command::new("sleep").arg("60").spawn().unwrap();
+        std::fs::write(req.pid_file(), made.id().to_string()).unwrap();
+        std::fs::create_dir_all(req.state_root.join("c1")).unwrap();
+        std::fs::write(req.state_root.join("c1/state.json"), b"{").unwrap();
+        std::fs::write(req.reply.with_extension("tmp"), b"{").unwrap();
+        abandon(&req);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(made.wait().unwrap().signal(), Some(9));
+        assert!(!req.state_root.join("c1").exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["containers"], "files left: {left:?}");
     }
 
     #[test]

@@ -205,8 +205,10 @@ fn main() -> ExitCode {
     if !pid1 {
         // Host mode: become the reaper of the containers' processes, which libcontainer
         // detaches from their intermediate parents.
+        // Without it no container's exit would reach WaitProcess: fatal.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            log::warn!("cannot become a child subreaper: {e}");
+            log::error!("cannot become a child subreaper: {e}");
+            return ExitCode::FAILURE;
         }
     }
     let reaper = Arc::new(Reaper::default());

@@ -532,6 +532,7 @@ impl Sandbox {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+                crate::build::abandon(&req);
                 SandboxError::Runtime {
                     op: "create",
                     id: req.id.clone(),
