@@ -32,7 +32,7 @@ use crate::devices::virtio::net::{tap::TapError, Net, Tap};
 use crate::devices::virtio::vsock::{muxer::Muxer, Vsock, GUEST_CID};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Bus, BusDevice};
-use crate::memory::{self, MemoryError};
+use crate::memory::{self, ImageFile, MemoryError};
 use crate::metrics::Metrics;
 use crate::vstate::{ExitSignal, Vcpu, Vm};
 
@@ -220,7 +220,7 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
     memory::register(&vm_fd, &ram.memory)?;
     let mem = &ram.memory;
 
-    let kernel = arch::load_kernel(mem, &mut open("kernel", &res.kernel)?)?;
+    let kernel = arch::load_kernel(mem, &mut ImageFile::new(open("kernel", &res.kernel)?, &ram))?;
 
     // vCPUs before any irqfd: arm64 KVM sizes the GIC from the vCPUs, creates it only once
     // they all exist ([`arch::finish_vcpus`]) and refuses irqfds until then. x86_64 has its
@@ -310,13 +310,13 @@ pub fn build(res: &VmResources, started: Instant) -> Result<Vm, BuildError> {
     let initrd = match &res.initrd {
         None => None,
         Some(path) => {
-            let mut f = open("initrd", path)?;
+            let mut f = ImageFile::new(open("initrd", path)?, &ram);
             let read_err = |source| BuildError::ReadInput {
                 what: "initrd",
                 path: path.clone(),
                 source,
             };
-            let size = f.metadata().map_err(read_err)?.len();
+            let size = f.file().metadata().map_err(read_err)?.len();
             let addr = arch::initrd_address(mem, &kernel, size)?;
             let len = usize::try_from(size).map_err(|_| BuildError::InitrdTooLarge { size })?;
             mem.read_exact_volatile_from(addr, &mut f, len)

@@ -9,7 +9,8 @@
 //! - `ram_regions(memory_bytes)`: which guest-physical ranges are RAM;
 //! - `setup_vm(&VmFd)`: interrupt controllers and timers, before vCPUs exist;
 //! - `BootProtocol`: how a loaded kernel is entered (x86_64: PVH or the Linux boot protocol);
-//! - `load_kernel(&mem, &mut File) -> KernelEntry`;
+//! - `load_kernel(&mem, &mut image) -> KernelEntry`, `image` being any `Read + ReadVolatile +
+//!   Seek` (hull-vmm passes a [`crate::memory::ImageFile`]);
 //! - `initrd_address(&mem, &KernelEntry, size)`: where the initramfs goes;
 //! - `configure_system(&mem, &BootInfo)`: boot tables (x86_64: PVH start info or zero page,
 //!   e820, MP table);

@@ -41,7 +41,6 @@ pub const VIRTIO_ON_CMDLINE: bool = false;
 /// The common arch interface ([`crate::arch`]) for aarch64.
 #[cfg(target_arch = "aarch64")]
 mod setup {
-    use std::fs::File;
     use std::io::{Read, Seek, SeekFrom};
 
     use kvm_bindings::kvm_vcpu_init;
@@ -51,6 +50,7 @@ mod setup {
     use thiserror::Error;
     use vm_memory::{
         Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+        ReadVolatile,
     };
 
     use super::fdt::{self, FdtConfig, FdtError, MmioDevice};
@@ -139,7 +139,10 @@ mod setup {
 
     /// Loads an arm64 `Image` at [`layout::KERNEL_START`] plus its text_offset; its end
     /// counts the header's `image_size` ([`layout::image_end`]).
-    pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEntry, Error> {
+    pub fn load_kernel<K>(mem: &GuestMemoryMmap, kernel: &mut K) -> Result<KernelEntry, Error>
+    where
+        K: Read + ReadVolatile + Seek,
+    {
         let loaded = PE::load(mem, Some(GuestAddress(layout::KERNEL_START)), kernel, None)
             .map_err(Error::LoadKernel)?;
         let mut header = [0u8; layout::IMAGE_HEADER_SIZE];

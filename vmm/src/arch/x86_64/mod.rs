@@ -14,7 +14,7 @@ pub mod layout;
 pub mod mptable;
 pub mod regs;
 
-use std::fs::File;
+use std::io::{Read, Seek};
 
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -29,7 +29,7 @@ use linux_loader::loader::elf::start_info::{
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use thiserror::Error;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
 
 pub use layout::{CMDLINE_MAX_SIZE, CMDLINE_START};
 
@@ -219,20 +219,21 @@ pub fn setup_vm(vm: &VmFd) -> Result<(), Error> {
 /// Loads the kernel: an ELF `vmlinux` at its physical addresses (entered through PVH), or a
 /// `bzImage`'s protected-mode part at its `code32_start` (1 MiB; entered through the Linux
 /// boot protocol). The format is told by the first bytes, not the file name.
-pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEntry, Error> {
-    use std::os::unix::fs::FileExt;
-
-    let mut head = [0u8; KERNEL_MAGIC_LEN];
-    let mut got = 0;
-    while got < head.len() {
-        match kernel.read_at(&mut head[got..], got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::ReadKernel(e)),
-        }
-    }
-    let entry = match kernel_format(&head[..got]) {
+pub fn load_kernel<K>(mem: &GuestMemoryMmap, kernel: &mut K) -> Result<KernelEntry, Error>
+where
+    K: Read + ReadVolatile + Seek,
+{
+    let mut head = Vec::with_capacity(KERNEL_MAGIC_LEN);
+    kernel
+        .rewind()
+        .and_then(|()| {
+            kernel
+                .by_ref()
+                .take(KERNEL_MAGIC_LEN as u64)
+                .read_to_end(&mut head)
+        })
+        .map_err(Error::ReadKernel)?;
+    let entry = match kernel_format(&head) {
         Some(KernelFormat::Elf) => load_elf(mem, kernel)?,
         Some(KernelFormat::BzImage) => load_bzimage(mem, kernel)?,
         None => return Err(Error::UnknownKernelFormat),
@@ -247,7 +248,10 @@ pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEnt
     Ok(entry)
 }
 
-fn load_elf(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEntry, Error> {
+fn load_elf<K>(mem: &GuestMemoryMmap, kernel: &mut K) -> Result<KernelEntry, Error>
+where
+    K: Read + ReadVolatile + Seek,
+{
     let loaded = Elf::load(mem, None, kernel, Some(GuestAddress(layout::HIMEM_START)))
         .map_err(Error::LoadKernel)?;
     match loaded.pvh_boot_cap {
@@ -260,7 +264,10 @@ fn load_elf(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEntry, Err
     }
 }
 
-fn load_bzimage(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEntry, Error> {
+fn load_bzimage<K>(mem: &GuestMemoryMmap, kernel: &mut K) -> Result<KernelEntry, Error>
+where
+    K: Read + ReadVolatile + Seek,
+{
     let loaded = BzImage::load(mem, None, kernel, Some(GuestAddress(layout::HIMEM_START)))
         .map_err(Error::LoadKernel)?;
     // BzImage::load returns its header on success; without one nothing can be booted.
