@@ -154,8 +154,11 @@ impl<'a> ImageFile<'a> {
                 Ok(n) => done += n,
                 Err(_) => {
                     let e = std::io::Error::last_os_error();
-                    if e.kind() != std::io::ErrorKind::Interrupted {
-                        return Err(e);
+                    match e.kind() {
+                        std::io::ErrorKind::Interrupted => {}
+                        // What was copied counts, as with read(2); the next call fails.
+                        _ if done > 0 => break,
+                        _ => return Err(e),
                     }
                 }
             }
@@ -186,11 +189,17 @@ impl ReadVolatile for ImageFile<'_> {
         let Some(offset) = self.ram.memfd_offset(buf.ptr_guard().as_ptr(), buf.len()) else {
             return self.file.read_volatile(buf);
         };
-        let n = self
-            .sendfile(offset, buf.len())
-            .map_err(VolatileMemoryError::IOError)?;
-        buf.bitmap().mark_dirty(0, n);
-        Ok(n)
+        match self.sendfile(offset, buf.len()) {
+            Ok(n) => {
+                buf.bitmap().mark_dirty(0, n);
+                Ok(n)
+            }
+            // A file the kernel cannot splice from (a pipe, some filesystems) is read.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                self.file.read_volatile(buf)
+            }
+            Err(e) => Err(VolatileMemoryError::IOError(e)),
+        }
     }
 }
 
@@ -352,5 +361,22 @@ mod tests {
         let local = [0u8; 8];
         assert_eq!(ram.memfd_offset(local.as_ptr(), local.len()), None);
         assert_eq!(ram.memfd_offset(high, usize::MAX), None);
+    }
+
+    #[test]
+    fn an_image_file_the_kernel_cannot_splice_from_is_read() {
+        let ram = create(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+        let (rx, tx) = std::io::pipe().unwrap();
+        let bytes: Vec<u8> = (0..0x800).map(|i| (i % 251) as u8).collect();
+        std::io::Write::write_all(&mut &tx, &bytes).unwrap();
+        let mut image = ImageFile::new(File::from(std::os::fd::OwnedFd::from(rx)), &ram);
+        ram.memory
+            .read_exact_volatile_from(GuestAddress(0x100), &mut image, bytes.len())
+            .unwrap();
+        let mut got = vec![0u8; bytes.len()];
+        ram.memory
+            .read_slice(&mut got, GuestAddress(0x100))
+            .unwrap();
+        assert_eq!(got, bytes);
     }
 }
