@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
+use hull_vmm::devices::virtio::block::request::req_type;
 use hull_vmm::devices::virtio::vsock::packet::op;
-use hull_vmm_fuzz::{mmio_driver_init, vsock_header, Seed, REGION_SPLIT};
+use hull_vmm_fuzz::{blk_header, mmio_driver_init, vsock_header, Seed, REGION_SPLIT};
 
 const RXQ: usize = 0;
 const TXQ: usize = 1;
@@ -90,6 +91,60 @@ fn mmio_seeds() -> Vec<(&'static str, Vec<u8>)> {
     out
 }
 
+/// virtio-blk requests of every type: read, write, flush, GET_ID, one past the disk's end.
+/// Control bit 4 set makes the disk read-only (the `ro` seeds).
+fn blk_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (name, ro) in [("requests", false), ("requests-ro", true)] {
+        let mut s = Seed::new(4, false);
+        let requests = [
+            (req_type::IN, 1, 512, true),
+            (req_type::OUT, 2, 1024, false),
+            (req_type::FLUSH, 0, 0, false),
+            (req_type::GET_ID, 0, 20, true),
+            (req_type::IN, 16, 512, true),
+        ];
+        for (type_, sector, len, writable) in requests {
+            let h = s.buffer(16, &blk_header(type_, sector));
+            let st = s.buffer(1, &[0xff]);
+            if len == 0 {
+                s.chain(0, &[(h, 16, false), (st, 1, true)]);
+            } else {
+                let d = s.buffer(len, &vec![0x5a; len as usize]);
+                s.chain(0, &[(h, 16, false), (d, len, writable), (st, 1, true)]);
+            }
+        }
+        let mut input = s.build();
+        if ro {
+            input[0] |= 0x10;
+        }
+        out.push((name, input));
+    }
+    out
+}
+
+/// virtio-net: RX buffers posted, TX frames (a small one, one split over two descriptors).
+fn net_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let mut s = Seed::new(3, false);
+    for _ in 0..2 {
+        let b = s.buffer(1600, &[]);
+        s.chain(RXQ, &[(b, 1600, true)]);
+    }
+    let mut frame = vec![0u8; 12];
+    frame.extend_from_slice(&[0xff; 6]); // broadcast
+    frame.extend_from_slice(&[6, 0, 0xac, 0x10, 0, 2]);
+    frame.extend_from_slice(&[0x08, 0x06]); // ARP
+    frame.resize(12 + 60, 0);
+    let f = s.buffer(frame.len() as u32, &frame);
+    s.chain(TXQ, &[(f, frame.len() as u32, false)]);
+    let f = s.buffer(frame.len() as u32, &frame);
+    s.chain(
+        TXQ,
+        &[(f, 12, false), (f + 12, frame.len() as u32 - 12, false)],
+    );
+    vec![("frames", s.build())]
+}
+
 fn main() -> std::io::Result<()> {
     let dir = std::env::args()
         .nth(1)
@@ -98,6 +153,8 @@ fn main() -> std::io::Result<()> {
         ("vsock_packet", packet_seeds()),
         ("vsock_queues", queue_seeds()),
         ("virtio_mmio", mmio_seeds()),
+        ("virtio_blk", blk_seeds()),
+        ("virtio_net", net_seeds()),
     ] {
         let d = Path::new(&dir).join(target);
         std::fs::create_dir_all(&d)?;
