@@ -206,15 +206,6 @@ pub fn vsock_header(src_port: u32, dst_port: u32, len: u32, op: u16, buf_alloc: 
     h
 }
 
-/// A virtio-blk request header (`struct virtio_blk_outhdr`), in guest byte order.
-pub fn blk_header(type_: u32, sector: u64) -> Vec<u8> {
-    let mut h = Vec::with_capacity(16);
-    h.extend_from_slice(&type_.to_le_bytes());
-    h.extend_from_slice(&0u32.to_le_bytes()); // reserved
-    h.extend_from_slice(&sector.to_le_bytes());
-    h
-}
-
 /// One virtio-mmio register access as the `virtio_mmio` target encodes it (32 bits wide).
 pub fn mmio_access(write: bool, offset: u16, value: u32) -> Vec<u8> {
     let mut a = vec![u8::from(write) | (2 << 1)];
@@ -357,13 +348,14 @@ mod tests {
     #[test]
     fn blk_seed_reads_the_targets_disk() {
         use hull_vmm::devices::virtio::block::device::Worker;
-        use hull_vmm::devices::virtio::block::request::{req_type, Disk};
+        use hull_vmm::devices::virtio::block::request::{req_type, Disk, RequestHeader};
         use hull_vmm::devices::virtio::Interrupt;
         use std::sync::Arc;
+        use vm_memory::ByteValued;
         use vmm_sys_util::eventfd::EventFd;
 
         let mut s = Seed::new(4, false);
-        let h = s.buffer(16, &blk_header(req_type::IN, 1));
+        let h = s.buffer(16, RequestHeader::new(req_type::IN, 1).as_slice());
         let d = s.buffer(512, &[]);
         let st = s.buffer(1, &[0xff]);
         s.chain(0, &[(h, 16, false), (d, 512, true), (st, 1, true)]);

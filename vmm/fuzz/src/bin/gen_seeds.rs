@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
-use hull_vmm::devices::virtio::block::request::req_type;
+use hull_vmm::devices::virtio::block::request::{req_type, RequestHeader};
 use hull_vmm::devices::virtio::vsock::packet::op;
-use hull_vmm_fuzz::{blk_header, mmio_driver_init, vsock_header, Seed, REGION_SPLIT};
+use hull_vmm_fuzz::{mmio_driver_init, vsock_header, Seed, REGION_SPLIT};
+use vm_memory::ByteValued;
 
 const RXQ: usize = 0;
 const TXQ: usize = 1;
@@ -105,7 +106,7 @@ fn blk_seeds() -> Vec<(&'static str, Vec<u8>)> {
             (req_type::IN, 16, 512, true),
         ];
         for (type_, sector, len, writable) in requests {
-            let h = s.buffer(16, &blk_header(type_, sector));
+            let h = s.buffer(16, RequestHeader::new(type_, sector).as_slice());
             let st = s.buffer(1, &[0xff]);
             if len == 0 {
                 s.chain(0, &[(h, 16, false), (st, 1, true)]);
